@@ -1,0 +1,74 @@
+"""The object layout of contract §2, formatted and parsed in one place.
+
+``P = <s3-prefix>/<relative dir, if any>/<stream_id>`` holds ``P/chunks/<6 digits>``,
+the assembled ``P/<file name>`` and ``P/metadata.json``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+__all__ = ["StreamKeys", "new_stream_id", "MAX_STEM_CHARS"]
+
+MAX_STEM_CHARS = 100  # keeps keys well under S3's 1024-byte limit for long names
+_CHUNK_KEY = re.compile(r"/chunks/(\d{6,})$")
+
+
+def new_stream_id(rel_path: str) -> str:
+    """``<stem>-<8 lowercase hex>`` for a new stream of ``rel_path``.
+
+    The random suffix makes ids unique across lineages of the same path (a file
+    replaced or truncated starts a new stream); the checkpoint keeps it stable.
+    """
+    name = PurePosixPath(rel_path).name
+    stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+    return f"{stem[:MAX_STEM_CHARS]}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Every key of one stream, derived from the prefix, its path and its id."""
+
+    s3_prefix: str
+    rel_path: str
+    stream_id: str
+
+    def __post_init__(self) -> None:
+        parts = PurePosixPath(self.rel_path).parts
+        if not parts or any(p in ("", ".", "..") for p in parts) or self.rel_path.startswith("/"):
+            raise ValueError(f"not a relative path inside the watch dir: {self.rel_path!r}")
+
+    @property
+    def prefix(self) -> str:
+        """``P``: the folder holding all of this stream's objects."""
+        parent = str(PurePosixPath(self.rel_path).parent)
+        pieces = [self.s3_prefix.strip("/"), "" if parent == "." else parent, self.stream_id]
+        return "/".join(p for p in pieces if p)
+
+    def chunk(self, index: int) -> str:
+        """Chunk ``index`` (0-based), zero-padded to 6 digits so keys sort in order."""
+        if index < 0:
+            raise ValueError("chunk index must be >= 0")
+        return f"{self.prefix}/chunks/{index:06d}"
+
+    @property
+    def chunks_prefix(self) -> str:
+        return f"{self.prefix}/chunks/"
+
+    @property
+    def final_object(self) -> str:
+        """The assembled object, named as the source file."""
+        return f"{self.prefix}/{PurePosixPath(self.rel_path).name}"
+
+    @property
+    def metadata(self) -> str:
+        return f"{self.prefix}/metadata.json"
+
+    @staticmethod
+    def chunk_index(key: str) -> int | None:
+        """The index encoded in a chunk key, or None if ``key`` is not one."""
+        match = _CHUNK_KEY.search(key)
+        return int(match.group(1)) if match else None

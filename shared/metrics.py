@@ -1,0 +1,43 @@
+"""Prometheus metrics, shared by all processes through multiprocess mode.
+
+``PROMETHEUS_MULTIPROC_DIR`` must be set before this module (and prometheus_client)
+is first imported; the supervisor does that in ``supervisor.cli`` and spawned
+workers inherit it. No label carries a per-stream or per-file value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CHUNKS_UPLOADED", "UPLOADED_BYTES", "STREAMS_COMPLETED", "UPLOAD_RETRIES",
+    "ACTIVE_STREAMS", "CHUNK_UPLOAD_SECONDS", "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
+    "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES",
+]
+
+CHUNKS_UPLOADED = Counter(
+    "processor_chunks_uploaded", "Chunk objects uploaded (acknowledged by S3 and recorded).")
+UPLOADED_BYTES = Counter(
+    "processor_uploaded_bytes", "Bytes of chunk bodies uploaded.")
+STREAMS_COMPLETED = Counter(
+    "processor_streams_completed", "Streams finalized (metadata.json written), by final status.",
+    ["status"])
+UPLOAD_RETRIES = Counter(
+    "processor_upload_retries", "S3 requests that failed and will be retried, by operation and kind.",
+    ["operation", "kind"])
+ACTIVE_STREAMS = Gauge(
+    "processor_active_streams", "Streams seen and not yet finalized.", multiprocess_mode="livesum")
+CHUNK_UPLOAD_SECONDS = Histogram(
+    "processor_chunk_upload_seconds", "Duration of one chunk PUT, read excluded.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+CHUNKS_REUPLOADED = Counter(
+    "processor_chunks_reuploaded",
+    "Chunks uploaded again because their bytes changed on disk after upload.")
+STREAMS_REOPENED = Counter(
+    "processor_streams_reopened", "Completed streams whose file grew or changed again.")
+WORKER_RESTARTS = Counter(
+    "processor_worker_restarts", "Worker processes restarted by the supervisor after dying.")
+EVENTS_DISPATCHED = Counter(
+    "processor_events_dispatched", "Path notifications sent from the supervisor to workers.")
+WAL_TRUNCATED_BYTES = Counter(
+    "processor_wal_truncated_bytes", "Bytes cut from torn or corrupt write-ahead-log tails.")
