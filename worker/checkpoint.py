@@ -1,0 +1,187 @@
+"""Committed stream state in one worker's LevelDB (plyvel).
+
+Keys:
+  ``s/<stream_id>``              the stream's record (JSON)
+  ``c/<stream_id>/<index:08d>``  one committed chunk (JSON)
+  ``p/<relative path>``          the stream id of the path's current lineage
+
+Every change that must survive a crash is one synchronous write batch.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import plyvel
+
+from shared.routing import path_bytes
+
+__all__ = ["StreamStatus", "ChunkRecord", "StreamRecord", "CheckpointStore"]
+
+
+class StreamStatus(enum.Enum):
+    ACTIVE = "active"            # seen, not finalized (growing, or reopened)
+    COMPLETE = "complete"        # metadata.json written
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk S3 acknowledged: its place in the file and the hash of its bytes."""
+
+    index: int
+    offset: int
+    size: int
+    xxh3_128: str
+    uploaded_at: float
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One lineage of one file. ``end_reason`` is set when the source went away
+    (``source_deleted``) or was replaced/truncated (``source_replaced``): the stream
+    is then finalized from what was uploaded."""
+
+    stream_id: str
+    rel_path: str
+    dev: int
+    ino: int
+    chunk_size: int
+    started_at: float
+    size: int = 0
+    mtime_ns: int = 0
+    status: StreamStatus = StreamStatus.ACTIVE
+    end_reason: str | None = None
+    completed_at: float | None = None
+    reopen_count: int = 0
+    chunks_reuploaded: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_write_at(self) -> float:
+        return self.mtime_ns / 1e9
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return json.dumps(data, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> StreamRecord:
+        data = json.loads(raw)
+        data["status"] = StreamStatus(data["status"])
+        return cls(**data)
+
+    def evolve(self, **changes: Any) -> StreamRecord:
+        return replace(self, **changes)
+
+
+def _stream_key(stream_id: str) -> bytes:
+    return b"s/" + stream_id.encode()
+
+
+def _chunk_prefix(stream_id: str) -> bytes:
+    return b"c/" + stream_id.encode() + b"/"
+
+
+def _chunk_key(stream_id: str, index: int) -> bytes:
+    return _chunk_prefix(stream_id) + b"%08d" % index
+
+
+def _path_key(rel_path: str) -> bytes:
+    return b"p/" + path_bytes(rel_path)
+
+
+class CheckpointStore:
+    """A worker's LevelDB. Only its owner opens it (LevelDB holds a lock file)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._db = plyvel.DB(str(directory / "checkpoints.ldb"), create_if_missing=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # reading
+    def stream(self, stream_id: str) -> StreamRecord | None:
+        raw = self._db.get(_stream_key(stream_id))
+        return StreamRecord.from_json(raw) if raw is not None else None
+
+    def current_stream_id(self, rel_path: str) -> str | None:
+        raw = self._db.get(_path_key(rel_path))
+        return raw.decode() if raw is not None else None
+
+    def chunks(self, stream_id: str) -> list[ChunkRecord]:
+        """Committed chunks, in index order."""
+        return [ChunkRecord(**json.loads(v))
+                for _, v in self._db.iterator(prefix=_chunk_prefix(stream_id))]
+
+    def streams(self) -> Iterator[StreamRecord]:
+        for _, raw in self._db.iterator(prefix=b"s/"):
+            yield StreamRecord.from_json(raw)
+
+    # writing: each method is one synchronous batch
+    def start_stream(self, record: StreamRecord) -> None:
+        """Record a new lineage and make it the path's current one."""
+        with self._db.write_batch(sync=True) as batch:
+            batch.put(_stream_key(record.stream_id), record.to_json())
+            batch.put(_path_key(record.rel_path), record.stream_id.encode())
+
+    def save_stream(self, record: StreamRecord) -> None:
+        self._db.put(_stream_key(record.stream_id), record.to_json(), sync=True)
+
+    def commit_chunk(self, record: StreamRecord, chunk: ChunkRecord) -> None:
+        """Record an acknowledged chunk together with the stream's new state."""
+        with self._db.write_batch(sync=True) as batch:
+            batch.put(_chunk_key(record.stream_id, chunk.index),
+                      json.dumps(asdict(chunk)).encode())
+            batch.put(_stream_key(record.stream_id), record.to_json())
+
+    def drop_chunks_from(self, record: StreamRecord, index: int) -> None:
+        """Forget chunks ``index..`` (a partial last chunk that a reopen replaces)."""
+        with self._db.write_batch(sync=True) as batch:
+            for key, _ in self._db.iterator(prefix=_chunk_prefix(record.stream_id)):
+                if int(key.rsplit(b"/", 1)[1]) >= index:
+                    batch.delete(key)
+            batch.put(_stream_key(record.stream_id), record.to_json())
+
+    def forget_stream(self, stream_id: str) -> None:
+        """Remove a finished, superseded lineage."""
+        record = self.stream(stream_id)
+        with self._db.write_batch(sync=True) as batch:
+            for key, _ in self._db.iterator(prefix=_chunk_prefix(stream_id)):
+                batch.delete(key)
+            batch.delete(_stream_key(stream_id))
+            if record is not None and self.current_stream_id(record.rel_path) == stream_id:
+                batch.delete(_path_key(record.rel_path))
+
+    # migration between workers
+    def export_path(self, rel_path: str) -> list[tuple[bytes, bytes]]:
+        """Every key/value belonging to ``rel_path`` (all its lineages)."""
+        items: list[tuple[bytes, bytes]] = []
+        for record in self.streams():
+            if record.rel_path == rel_path:
+                items.append((_stream_key(record.stream_id), record.to_json()))
+                items.extend(self._db.iterator(prefix=_chunk_prefix(record.stream_id)))
+        current = self._db.get(_path_key(rel_path))
+        if current is not None:
+            items.append((_path_key(rel_path), current))
+        return items
+
+    def import_items(self, items: list[tuple[bytes, bytes]]) -> None:
+        with self._db.write_batch(sync=True) as batch:
+            for key, value in items:
+                batch.put(key, value)
+
+    def delete_items(self, keys: list[bytes]) -> None:
+        with self._db.write_batch(sync=True) as batch:
+            for key in keys:
+                batch.delete(key)
+
+    def rel_paths(self) -> set[str]:
+        """Paths with any state here."""
+        return {r.rel_path for r in self.streams()}

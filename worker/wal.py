@@ -1,0 +1,162 @@
+"""A write-ahead log of intents for S3 side effects in flight.
+
+Before a worker uploads a chunk or starts assembling a final object, it appends
+an *intent* and fsyncs it; when the effect is recorded in the checkpoint store it
+appends a *done* mark. After a crash, the intents without a done mark are what
+may have happened in S3 without being recorded: ``worker.recovery`` reconciles
+them with what S3 holds.
+
+Framing: ``<u32 length><u32 crc32(payload)><payload: JSON>``, little-endian. A
+record that is short, too long or fails its CRC ends the log: it and everything
+after it are cut (a torn write from a crash, or corruption), never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Intent", "WriteAheadLog", "read_records", "MAX_RECORD"]
+
+_HEADER = struct.Struct("<II")
+MAX_RECORD = 1 << 20
+COMPACT_AT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An S3 side effect about to happen: ``op`` with its fields (stream_id, rel_path, …)."""
+
+    seq: int
+    op: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stream_id(self) -> str:
+        return str(self.fields.get("stream_id", ""))
+
+    @property
+    def rel_path(self) -> str:
+        return str(self.fields.get("rel_path", ""))
+
+    def __str__(self) -> str:
+        return f"{self.op}#{self.seq}({self.stream_id})"
+
+
+def _frame(payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_records(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Decode framed records; return them and the length of the valid prefix."""
+    records: list[dict[str, Any]] = []
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if length > MAX_RECORD or start + length > len(data):
+            break
+        body = data[start:start + length]
+        if zlib.crc32(body) != crc:
+            break
+        try:
+            record = json.loads(body)
+        except ValueError:
+            break
+        if not isinstance(record, dict):
+            break
+        records.append(record)
+        pos = start + length
+    return records, pos
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """One worker's intent log. Opening it cuts a bad tail and finds pending intents."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        data = path.read_bytes() if path.exists() else b""
+        records, valid = read_records(data)
+        self.truncated_bytes = len(data) - valid
+        if self.truncated_bytes:
+            with open(path, "r+b") as f:
+                f.truncate(valid)
+                f.flush()
+                os.fsync(f.fileno())
+        self._pending: dict[int, Intent] = {}
+        self._next_seq = 1
+        for record in records:
+            seq = int(record.get("seq", 0))
+            if "done" in record:
+                self._pending.pop(int(record["done"]), None)
+            elif "op" in record:
+                self._pending[seq] = Intent(seq, str(record["op"]), dict(record.get("f", {})))
+            self._next_seq = max(self._next_seq, seq + 1, int(record.get("done", 0)) + 1)
+        self._file = open(path, "ab")
+        if not data:
+            _fsync_dir(path.parent)
+
+    def pending(self) -> list[Intent]:
+        """Intents without a done mark, oldest first."""
+        return sorted(self._pending.values(), key=lambda i: i.seq)
+
+    def intend(self, op: str, **fields: Any) -> Intent:
+        """Durably record that ``op`` is about to happen; returns the intent to close later."""
+        intent = Intent(self._next_seq, op, fields)
+        self._next_seq += 1
+        self._append({"seq": intent.seq, "op": op, "f": fields}, sync=True)
+        self._pending[intent.seq] = intent
+        return intent
+
+    def done(self, intent: Intent) -> None:
+        """Mark ``intent`` as recorded. Not fsynced: losing it only causes a harmless
+        second reconciliation of an effect that is idempotent."""
+        self._pending.pop(intent.seq, None)
+        self._append({"seq": self._next_seq, "done": intent.seq}, sync=False)
+        self._next_seq += 1
+        if not self._pending and self._file.tell() > COMPACT_AT_BYTES:
+            self.rewrite([])
+
+    def adopt(self, intents: Iterable[Intent]) -> None:
+        """Append intents moved here from another worker's log (re-numbered), fsynced."""
+        for intent in intents:
+            self.intend(intent.op, **intent.fields)
+
+    def rewrite(self, keep: Iterable[Intent]) -> None:
+        """Atomically replace the log with only ``keep`` (compaction, migration)."""
+        keep = sorted(keep, key=lambda i: i.seq)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for intent in keep:
+                f.write(_frame({"seq": intent.seq, "op": intent.op, "f": intent.fields}))
+            f.flush()
+            os.fsync(f.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self._pending = {i.seq: i for i in keep}
+        self._file = open(self.path, "ab")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _append(self, payload: dict[str, Any], *, sync: bool) -> None:
+        self._file.write(_frame(payload))
+        self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
