@@ -1,0 +1,168 @@
+"""The worker process's life: start-up, the upload loop, and exit.
+
+Started by the supervisor with ``spawn``, so the LevelDB handle, the boto3 client
+and every file descriptor are opened here, never inherited. SIGTERM only clears
+``alive``; work stops between chunks. A worker whose supervisor is gone exits.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from shared.logs import configure_logging, get_logger
+from shared.messages import Heartbeat, Stop, Touch
+from shared.s3 import make_client
+from shared.settings import Settings
+
+__all__ = ["run_worker", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "Draining"]
+
+EXIT_OK = 0
+EXIT_STATE_UNAVAILABLE = 3  # the LevelDB or WAL cannot be opened: restarting will not help
+HEARTBEAT_EVERY = 1.0
+WAL_NAME = "intents.wal"
+
+
+class Draining(Exception):
+    """Raised from ``pulse`` between two requests once the worker must stop."""
+
+
+class _ParentGone:
+    pass
+
+
+class Worker:
+    def __init__(self, slot: int, commands: Connection, heartbeats: Connection,
+                 settings: Settings) -> None:
+        self.slot = slot
+        self.settings = settings
+        self.commands = commands
+        self.heartbeats = heartbeats
+        self.alive = True
+        self.log = get_logger()
+        self.mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.tracker: Any = None
+        self._last_heartbeat = 0.0
+        self._ppid = os.getppid()
+
+    # signals and the pipe: they only flip a flag or fill the mailbox
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.alive = False
+
+    def _read_commands(self) -> None:
+        """Keep the supervisor's pipe drained so its sends never block on a busy worker."""
+        while True:
+            try:
+                message = self.commands.recv()
+            except (EOFError, OSError):
+                self.mailbox.put(_ParentGone())
+                return
+            self.mailbox.put(message)
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, Touch):
+            self.tracker.touch(message.rel_path)
+        elif isinstance(message, Stop):
+            self.alive = False
+        elif isinstance(message, _ParentGone):
+            self.log.warning("supervisor_gone")
+            self.alive = False
+
+    def drain_mailbox(self, wait: float = 0.0) -> None:
+        try:
+            message = self.mailbox.get(timeout=wait) if wait > 0 else self.mailbox.get_nowait()
+        except queue.Empty:
+            return
+        self._handle(message)
+        while True:
+            try:
+                self._handle(self.mailbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def pulse(self) -> None:
+        """Called by the upload loop between requests: heartbeat, mail, stop check."""
+        self.drain_mailbox()
+        if os.getppid() != self._ppid:
+            self.alive = False
+        if not self.alive:
+            raise Draining()
+        self.heartbeat()
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_heartbeat >= HEARTBEAT_EVERY:
+            self._last_heartbeat = now
+            try:
+                self.heartbeats.send(Heartbeat(self.tracker.active_count() if self.tracker else 0))
+            except (BrokenPipeError, OSError):
+                self.alive = False
+
+    def run(self) -> int:
+        from shared import metrics
+        from worker.checkpoint import CheckpointStore
+        from worker.storage import Storage
+        from worker.tracker import StreamTracker
+        from worker.uploader import Uploader
+        from worker.wal import WriteAheadLog
+
+        directory = self.settings.worker_state_dir(self.slot)
+        try:
+            store = CheckpointStore(directory)
+            wal = WriteAheadLog(directory / WAL_NAME)
+        except Exception as exc:  # plyvel.IOError (locked), corruption, disk errors
+            self.log.error("state_unavailable", directory=str(directory), error=str(exc))
+            return EXIT_STATE_UNAVAILABLE
+        if wal.truncated_bytes:
+            metrics.WAL_TRUNCATED_BYTES.inc(wal.truncated_bytes)
+            self.log.warning("wal_tail_truncated", bytes=wal.truncated_bytes, path=str(wal.path))
+        pending = wal.pending()
+        storage = Storage(make_client(self.settings), self.settings.s3_bucket)
+        uploader = Uploader(self.settings, store, wal, storage, self.log, self.pulse)
+        self.tracker = StreamTracker(self.settings, store, uploader, self.log, self.pulse)
+        self.tracker.load(pending)
+        threading.Thread(target=self._read_commands, name="mailbox", daemon=True).start()
+        self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
+                      pending_intents=len(pending))
+        self.heartbeat(force=True)
+        try:
+            while self.alive:
+                self.drain_mailbox()
+                if not self.alive:
+                    break
+                try:
+                    did = self.tracker.step()
+                except Draining:
+                    break
+                metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
+                self.heartbeat()
+                if not did:
+                    self.drain_mailbox(wait=self.tracker.idle_wait())
+                if os.getppid() != self._ppid:
+                    self.log.warning("supervisor_gone")
+                    break
+        finally:
+            store.close()
+            wal.close()
+        self.log.info("worker_exited", slot=self.slot, code=EXIT_OK)
+        return EXIT_OK
+
+
+def run_worker(slot: int, commands: Connection, heartbeats: Connection,
+               settings: Settings) -> None:
+    """Process entry point (spawned)."""
+    configure_logging(settings.log_level, settings.log_format, process=f"worker-{slot}",
+                      pid=os.getpid())
+    worker = Worker(slot, commands, heartbeats, settings)
+    worker.install_signals()
+    sys.exit(worker.run())  # multiprocessing turns SystemExit into the exit code

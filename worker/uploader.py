@@ -1,0 +1,212 @@
+"""What a worker does to a stream: upload a chunk, finalize, reconcile an intent.
+
+Each S3 side effect is bracketed by the write-ahead log: intent (fsynced), the
+call, the checkpoint commit, then the done mark. Failures raise ``StorageError``
+or ``SourceError``; the tracker backs off and calls again, so every method here
+may be re-run from the start after a failure or a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from shared import metrics
+from shared.s3 import ErrorKind, StorageError
+from shared.settings import Settings
+from shared.timefmt import now
+from worker.checkpoint import CheckpointStore, ChunkRecord, StreamStatus
+from worker.media import MediaInfo, probe_media
+from worker.metadata import build_metadata
+from worker.runtime import StreamRuntime
+from worker.storage import Storage
+from worker.wal import Intent, WriteAheadLog
+
+__all__ = ["Uploader", "SourceError", "SourceChanged", "MAX_PARTS"]
+
+MAX_PARTS = 10_000  # S3's limit on parts of one multipart upload
+
+
+class SourceError(Exception):
+    """The source file cannot be read now (e.g. permissions); retried slowly."""
+
+    kind = ErrorKind.PERMANENT
+
+
+class SourceChanged(Exception):
+    """The file changed under us (grew, shrank, replaced): observe again, no failure."""
+
+
+def _read_range(path: Path, ino: int, offset: int, size: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` of the file with inode ``ino``, never via a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise SourceChanged("file vanished") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot open source: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
+            raise SourceChanged("file replaced")
+        data = os.pread(fd, size, offset)
+    except OSError as exc:
+        raise SourceError(f"cannot read source: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise SourceChanged("file shrank")
+    return data
+
+
+class Uploader:
+    """Performs the S3 work of one worker, one blocking call at a time."""
+
+    def __init__(self, settings: Settings, store: CheckpointStore, wal: WriteAheadLog,
+                 storage: Storage, log: Any, pulse: Callable[[], None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.wal = wal
+        self.storage = storage
+        self.log = log
+        self.pulse = pulse
+
+    def source_path(self, rt: StreamRuntime) -> Path:
+        return self.settings.watch_dir / rt.record.rel_path
+
+    # chunks
+    def upload_chunk(self, rt: StreamRuntime, index: int, size: int,
+                     data: bytes | None = None) -> None:
+        """Upload chunk ``index`` (new, or a replacement of one whose bytes changed)."""
+        record = rt.record
+        offset = index * record.chunk_size
+        if data is None:
+            data = _read_range(self.source_path(rt), record.ino, offset, size)
+        digest = xxhash.xxh3_128_hexdigest(data)
+        key = rt.keys.chunk(index)
+        intent = self.wal.intend("put_chunk", stream_id=record.stream_id,
+                                 rel_path=record.rel_path, index=index, offset=offset,
+                                 size=size, xxh3_128=digest, key=key)
+        started = time.monotonic()
+        self.storage.put_chunk(key, data, digest)
+        elapsed = time.monotonic() - started
+        self._commit_chunk(rt, ChunkRecord(index, offset, size, digest, now()))
+        self.wal.done(intent)
+        metrics.CHUNKS_UPLOADED.inc()
+        metrics.UPLOADED_BYTES.inc(size)
+        metrics.CHUNK_UPLOAD_SECONDS.observe(elapsed)
+        self.log.info("chunk_uploaded", stream_id=record.stream_id, index=index, offset=offset,
+                      size=size, seconds=round(elapsed, 4))
+
+    def _commit_chunk(self, rt: StreamRuntime, chunk: ChunkRecord) -> None:
+        replacing = chunk.index < len(rt.chunks)
+        if replacing:
+            rt.record = rt.record.evolve(chunks_reuploaded=rt.record.chunks_reuploaded + 1)
+        self.store.commit_chunk(rt.record, chunk)
+        if replacing:
+            rt.chunks[chunk.index] = chunk
+        else:
+            rt.chunks.append(chunk)
+
+    # recovery
+    def reconcile(self, rt: StreamRuntime | None, intent: Intent) -> None:
+        """Settle an intent found pending after a crash with what S3 holds."""
+        if intent.op == "put_chunk" and rt is not None:
+            index, size = int(intent.fields["index"]), int(intent.fields["size"])
+            digest = str(intent.fields["xxh3_128"])
+            landed = self.storage.chunk_hash(str(intent.fields["key"])) == (size, digest)
+            recorded = index < len(rt.chunks) and rt.chunks[index].xxh3_128 == digest
+            if landed and not recorded and index <= len(rt.chunks):
+                self._commit_chunk(rt, ChunkRecord(index, int(intent.fields["offset"]), size,
+                                                   digest, now()))
+                self.log.info("chunk_recovered", stream_id=rt.stream_id, index=index)
+        elif intent.op == "assemble":
+            aborted = self.storage.abort_uploads(str(intent.fields["key"]))
+            if aborted:
+                self.log.info("multipart_aborted", stream_id=intent.stream_id, uploads=aborted)
+        self.wal.done(intent)
+
+    # completion
+    def finalize(self, rt: StreamRuntime) -> None:
+        """Tail, verify, assemble, probe, write metadata.json; raises SourceChanged when
+        the file moved on, which simply sends the stream back to being watched."""
+        record = rt.record
+        path = self.source_path(rt)
+        if record.end_reason is None:
+            self._check_unchanged(rt)
+            while rt.committed_bytes < record.size:
+                index = len(rt.chunks)
+                remaining = record.size - index * record.chunk_size
+                self.upload_chunk(rt, index, min(record.chunk_size, remaining))
+                self.pulse()
+            self._verify(rt)
+            self._check_unchanged(rt)
+            media = probe_media(path)
+            status = "complete"
+        else:
+            media = MediaInfo(None, None, None, None, None,
+                              error=f"{record.end_reason.replace('_', ' ')} before completion")
+            status = record.end_reason
+        object_key: str | None = rt.keys.final_object
+        if len(rt.chunks) > MAX_PARTS:
+            object_key = None
+            self.log.error("assembly_impossible", stream_id=record.stream_id,
+                           chunks=len(rt.chunks), max_parts=MAX_PARTS)
+        else:
+            self._assemble(rt)
+        completed_at = now()
+        rt.record = record = rt.record.evolve(status=StreamStatus.COMPLETE,
+                                              completed_at=completed_at)
+        document = build_metadata(record, rt.chunks, rt.keys, media, status=status,
+                                  completed_at=completed_at, object_key=object_key)
+        self.storage.put_json(rt.keys.metadata, document)
+        self.store.save_stream(record)
+        if not self.settings.keep_chunks:
+            self.storage.delete_keys([rt.keys.chunk(c.index) for c in rt.chunks])
+        metrics.STREAMS_COMPLETED.labels(status=status).inc()
+        self.log.info("stream_completed", stream_id=record.stream_id, rel_path=record.rel_path,
+                      status=status, total_size_bytes=document["total_size_bytes"],
+                      chunks=len(rt.chunks), chunks_reuploaded=record.chunks_reuploaded,
+                      media_duration_seconds=document["media_duration_seconds"],
+                      reopen_count=record.reopen_count)
+
+    def _check_unchanged(self, rt: StreamRuntime) -> None:
+        try:
+            st = os.lstat(self.source_path(rt))
+        except FileNotFoundError as exc:
+            raise SourceChanged("file vanished") from exc
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (rt.record.ino, rt.record.size,
+                                                       rt.record.mtime_ns):
+            raise SourceChanged("file changed during finalization")
+
+    def _verify(self, rt: StreamRuntime) -> None:
+        """Re-read every chunk; re-upload those whose bytes changed since their upload
+        (MP4 muxers patch headers after the fact)."""
+        path = self.source_path(rt)
+        for chunk in list(rt.chunks):
+            data = _read_range(path, rt.record.ino, chunk.offset, chunk.size)
+            if xxhash.xxh3_128_hexdigest(data) != chunk.xxh3_128:
+                self.log.info("chunk_changed_on_disk", stream_id=rt.stream_id, index=chunk.index)
+                self.upload_chunk(rt, chunk.index, chunk.size, data)
+                metrics.CHUNKS_REUPLOADED.inc()
+            self.pulse()
+
+    def _assemble(self, rt: StreamRuntime) -> None:
+        key = rt.keys.final_object
+        intent = self.wal.intend("assemble", stream_id=rt.stream_id,
+                                 rel_path=rt.record.rel_path, key=key)
+        self.storage.abort_uploads(key)  # leftovers of an attempt cut short
+        self.storage.assemble(key, [rt.keys.chunk(c.index) for c in rt.chunks],
+                              on_part=self.pulse)
+        size = self.storage.object_size(key)
+        if size != rt.committed_bytes:
+            raise StorageError("assemble", ErrorKind.TRANSIENT,
+                               f"assembled object has {size} bytes, expected {rt.committed_bytes}")
+        self.wal.done(intent)
+
