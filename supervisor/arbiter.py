@@ -1,0 +1,259 @@
+"""The supervisor's main loop: one wait over the inbox, the workers' heartbeat
+pipes and their process sentinels; dispatch; then housekeeping.
+
+Signals:
+  SIGTERM, SIGINT  the first drains: stop watching, tell workers to stop, exit 0
+                   within --drain-timeout; the second quits at once (exit 130).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from pathlib import Path
+from multiprocessing.connection import wait
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from shared import metrics
+from shared.logs import get_logger
+from shared.messages import Stop, Touch
+from shared.paths import relative_stream_path, scan_streams
+from shared.routing import worker_for
+from shared.settings import Settings
+from supervisor.events import DirectoryChanged, Inbox, PathChanged, SignalReceived
+from supervisor.http import BucketProbe, StatusServer
+from supervisor.migration import rebalance
+from supervisor.slots import WorkerSlot
+from supervisor.watcher import start_observer
+from worker.process import EXIT_STATE_UNAVAILABLE
+
+__all__ = ["Supervisor", "State", "EXIT_FORCED", "EXIT_WORKERS_FAILING"]
+
+EXIT_FORCED = 130           # a second signal: quit at once
+EXIT_WORKERS_FAILING = 1    # a worker cannot open its state, again and again
+HEARTBEAT_DEADLINE = 180.0  # > boto3's worst case for one call (connect 5 s + read 30 s) and a
+                            # 10 MiB chunk on a slow link
+KILL_AFTER_TERM = 5.0
+QUICK_EXIT = 10.0           # a worker dying sooner than this after start is crash-looping
+MAX_STATE_FAILURES = 5
+TICK = 1.0
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = get_logger()
+        self.inbox = Inbox()
+        self.slots = [WorkerSlot(i) for i in range(settings.workers)]
+        self.state = State.RUNNING
+        self.exit_code = 0
+        self.drain_deadline = 0.0
+        self.observer: Any = None
+        self.http: StatusServer | None = None
+
+    # lifecycle
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        moved = rebalance(self.settings, self.log)
+        if moved:
+            self.log.info("checkpoints_rebalanced", moved=moved, workers=self.settings.workers)
+        if self.settings.metrics_port:
+            self.http = StatusServer(self.settings.metrics_host, self.settings.metrics_port,
+                                     self.health, BucketProbe(self.settings))
+            self.http.start()
+        self.observer = start_observer(self.settings, self.inbox)
+        for slot in self.slots:
+            self._start(slot)
+        for rel in scan_streams(self.settings.watch_dir, self.settings.extensions,
+                                self.settings.recursive):
+            self._touch(rel)  # files present at start-up, after the observer started
+        self.log.info("supervisor_started", workers=self.settings.workers,
+                      watch_dir=str(self.settings.watch_dir), bucket=self.settings.s3_bucket,
+                      metrics_port=self.http.port if self.http else None)
+        try:
+            while self.state is not State.STOPPED:
+                self._wait()
+                self._dispatch(self.inbox.drain())
+                self._housekeeping()
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.inbox.put(SignalReceived(signum))
+
+    def _wait(self) -> None:
+        waitables: list[Any] = [self.inbox.wake_r]
+        for slot in self.slots:
+            if slot.is_alive() and slot.heartbeats is not None and slot.process is not None:
+                waitables += [slot.heartbeats, slot.process.sentinel]
+        wait(waitables, timeout=TICK)
+        for slot in self.slots:
+            if slot.heartbeats is not None:
+                slot.read_heartbeats()
+
+    # dispatch
+    def _dispatch(self, items: list[object]) -> None:
+        paths: dict[str, None] = {}
+        for item in items:
+            if isinstance(item, SignalReceived):
+                self.handle_signal(item.signum)
+            elif isinstance(item, PathChanged):
+                rel = relative_stream_path(self.settings.watch_dir, item.path,
+                                           self.settings.extensions, self.settings.recursive)
+                if rel is not None:
+                    paths[rel] = None
+            elif isinstance(item, DirectoryChanged) and self.state is State.RUNNING:
+                for rel in self._scan(item.path):
+                    paths[rel] = None
+        if self.state is State.RUNNING:
+            for rel in paths:  # coalesced: one touch per path per loop turn
+                self._touch(rel)
+
+    def _touch(self, rel_path: str) -> None:
+        slot = self.slots[worker_for(rel_path, len(self.slots))]
+        if slot.send(Touch(rel_path)):
+            metrics.EVENTS_DISPATCHED.inc()
+
+    def _scan(self, directory: str) -> list[str]:
+        found = []
+        for rel in scan_streams(Path(directory), self.settings.extensions, True):
+            full = os.path.join(directory, rel)
+            rel_to_watch = relative_stream_path(self.settings.watch_dir, full,
+                                                self.settings.extensions, self.settings.recursive)
+            if rel_to_watch is not None:
+                found.append(rel_to_watch)
+        return found
+
+    def handle_signal(self, signum: int) -> None:
+        """TERM/INT drains; a second one quits at once."""
+        if self.state is State.RUNNING:
+            self.handle_drain(signal.Signals(signum).name)
+        else:
+            self.handle_quit(signal.Signals(signum).name)
+
+    def handle_drain(self, reason: str) -> None:
+        self.state = State.DRAINING
+        self.drain_deadline = time.monotonic() + max(0.5, self.settings.drain_timeout - 1.0)
+        self.log.info("drain_started", signal=reason, timeout=self.settings.drain_timeout)
+        self._stop_observer()
+        for slot in self.slots:
+            slot.send(Stop())
+
+    def handle_quit(self, reason: str) -> None:
+        self.log.warning("quit_now", signal=reason)
+        for slot in self.slots:
+            slot.signal(signal.SIGKILL)
+        self.exit_code = EXIT_FORCED
+        self.state = State.STOPPED
+
+    # housekeeping
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is not None and not slot.is_alive():
+                self._reap(slot, now)
+            elif slot.is_alive():
+                self._check_heartbeat(slot, now)
+            if slot.restart_at is not None and now >= slot.restart_at \
+                    and self.state is State.RUNNING:
+                self._start(slot, restart=True)
+        if self.state is State.DRAINING:
+            if not any(slot.is_alive() for slot in self.slots):
+                self.state = State.STOPPED
+            elif now >= self.drain_deadline:
+                self.log.warning("drain_timeout", killing=[s.index for s in self.slots
+                                                           if s.is_alive()])
+                for slot in self.slots:
+                    slot.signal(signal.SIGKILL)
+                for slot in self.slots:
+                    if slot.process is not None:
+                        slot.process.join(timeout=2)
+                self.state = State.STOPPED
+
+    def _reap(self, slot: WorkerSlot, now: float) -> None:
+        pid = slot.pid
+        code = slot.reap()
+        slot.process = None
+        if pid is not None:
+            multiprocess.mark_process_dead(pid)
+        lived = now - slot.started_at
+        self.log.info("worker_exited", slot=slot.index, pid=pid, code=code,
+                      lived_seconds=round(lived, 1))
+        if self.state is not State.RUNNING:
+            return
+        slot.quick_failures = slot.quick_failures + 1 if lived < QUICK_EXIT else 0
+        if code == EXIT_STATE_UNAVAILABLE and slot.quick_failures >= MAX_STATE_FAILURES:
+            self.log.error("worker_state_unavailable", slot=slot.index,
+                           failures=slot.quick_failures)
+            self.exit_code = EXIT_WORKERS_FAILING
+            self.handle_drain("worker_failing")
+            return
+        delay = min(30.0, 0.5 * 2 ** slot.quick_failures) if slot.quick_failures else 0.0
+        slot.restart_at = now + delay
+
+    def _check_heartbeat(self, slot: WorkerSlot, now: float) -> None:
+        if now - slot.last_heartbeat < HEARTBEAT_DEADLINE:
+            return
+        if slot.term_sent_at is None:
+            self.log.error("worker_unresponsive", slot=slot.index, pid=slot.pid,
+                           silent_seconds=round(now - slot.last_heartbeat, 1))
+            slot.signal(signal.SIGTERM)
+        elif now - slot.term_sent_at >= KILL_AFTER_TERM:
+            slot.signal(signal.SIGKILL)
+
+    def _start(self, slot: WorkerSlot, restart: bool = False) -> None:
+        slot.start(self.settings)
+        if restart:
+            metrics.WORKER_RESTARTS.inc()
+            self.log.info("worker_restarted", slot=slot.index, pid=slot.pid)
+            self._rescan_slot(slot.index)
+        else:
+            self.log.info("worker_spawned", slot=slot.index, pid=slot.pid)
+
+    def _rescan_slot(self, index: int) -> None:
+        """Tell a (re)started worker about every file it owns: events that arrived
+        while it was down are lost, the directory is not."""
+        for rel in scan_streams(self.settings.watch_dir, self.settings.extensions,
+                                self.settings.recursive):
+            if worker_for(rel, len(self.slots)) == index:
+                self._touch(rel)
+
+    # health
+    def health(self) -> tuple[bool, str]:
+        """Called from the HTTP thread: 200 while the supervisor and all workers run."""
+        if self.state is not State.RUNNING:
+            return False, f"supervisor {self.state.value}"
+        down = [slot.index for slot in self.slots if not slot.is_alive()]
+        if down:
+            return False, f"workers down: {down}"
+        return True, "ok"
+
+    def _stop_observer(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
+
+    def _shutdown(self) -> None:
+        self._stop_observer()
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.join(timeout=0)
+                if slot.pid is not None:
+                    multiprocess.mark_process_dead(slot.pid)
+        if self.http is not None:
+            self.http.stop()
+        self.inbox.close()
+        self.log.info("drain_finished", code=self.exit_code)

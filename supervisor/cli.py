@@ -1,0 +1,228 @@
+"""``processor``: the command line, environment and ini file, merged and validated.
+
+Precedence is command line > ``PROCESSOR_*`` environment > ``processor.ini``
+(section ``[processor]``) > default: click's own order once the ini file is its
+``default_map``. Bad configuration exits 2 with one line naming the option,
+before any worker starts.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+from click.core import ParameterSource
+
+from shared.settings import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Settings, parse_extensions, parse_size
+
+__all__ = ["main", "cli", "parse_settings", "ConfigError"]
+
+DEFAULT_CONFIG = "processor.ini"
+ENV_PREFIX = "PROCESSOR"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ConfigError(click.UsageError):
+    """A configuration problem; printed as one line, exit status 2."""
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            size = value
+        else:
+            try:
+                size = parse_size(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+            self.fail(f"{size} bytes is outside 5MiB..5GiB (S3's part size limits)", param, ctx)
+        return size
+
+
+class _Extensions(click.ParamType):
+    name = "list"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_extensions(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _load_ini(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager: read the ini file into click's default_map before other options."""
+    explicit = value is not None
+    path = Path(value) if explicit else Path(DEFAULT_CONFIG)
+    if not path.exists():
+        if explicit:
+            raise click.BadParameter(f"file {str(path)!r} does not exist", ctx, param)
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise click.BadParameter(f"{path}: {first}", ctx, param) from exc
+    if not parser.has_section("processor"):
+        return str(path)
+    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    values = dict(parser.items("processor"))
+    for key in values:
+        if key not in known:
+            raise click.BadParameter(f"{path}: unknown key {key!r} in [processor]", ctx, param)
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return str(path)
+
+
+def _check_watch_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise click.BadParameter(f"directory {value!r} does not exist", ctx, param)
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise click.BadParameter(f"directory {value!r} is not readable", ctx, param)
+    return path.resolve()
+
+
+def _check_state_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    path = Path(value)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {value!r}: {exc.strerror}", ctx, param) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"directory {value!r} is not writable", ctx, param)
+    return path.resolve()
+
+
+def _check_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter("must be an http:// or https:// URL", ctx, param)
+    if parts.username or parts.password:
+        raise click.BadParameter("must not contain credentials (use the AWS_* environment)",
+                                 ctx, param)
+    return value
+
+
+def _check_bucket(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _BUCKET.match(value) or ".." in value:
+        raise click.BadParameter(f"{value!r} is not a valid S3 bucket name", ctx, param)
+    return value
+
+
+def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    prefix = value.strip("/")
+    if any(part in (".", "..") or not part for part in prefix.split("/")) and prefix:
+        raise click.BadParameter(f"{value!r} has an empty, '.' or '..' part", ctx, param)
+    return prefix
+
+
+@click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX, "show_default": True,
+                                 "help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+              callback=_load_ini, help="ini file with a [processor] section "
+                                       "[default: ./processor.ini if present]")
+@click.option("--watch-dir", default="./input_files", callback=_check_watch_dir,
+              help="Directory to watch for recordings.")
+@click.option("--recursive/--no-recursive", default=True, help="Watch subdirectories too.")
+@click.option("--extensions", type=_Extensions(), default="mp4",
+              help="Comma-separated file extensions, case-insensitive.")
+@click.option("--state-dir", default="./state", callback=_check_state_dir,
+              help="Checkpoints (one LevelDB and write-ahead log per worker).")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, help="Worker processes.")
+@click.option("--chunk-size", type=_Size(), default="10MiB",
+              help="Chunk size: bytes or e.g. 5MiB/10MB; at least 5MiB.")
+@click.option("--stream-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              help="Seconds without change after which a stream is complete.")
+@click.option("--s3-endpoint", default=None, callback=_check_endpoint,
+              help="S3 endpoint URL, e.g. http://minio:9000 [default: AWS]")
+@click.option("--s3-bucket", default="video-streams", callback=_check_bucket)
+@click.option("--s3-prefix", default="streams", callback=_check_prefix)
+@click.option("--s3-region", default="us-east-1")
+@click.option("--create-bucket/--no-create-bucket", default=True,
+              help="Create the bucket if it is missing.")
+@click.option("--keep-chunks/--no-keep-chunks", default=True,
+              help="Keep chunk objects after the final object is assembled.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9100,
+              help="Port of /metrics, /healthz, /readyz; 0 disables.")
+@click.option("--metrics-host", default="0.0.0.0")
+@click.option("--drain-timeout", type=click.FloatRange(min=0, min_open=True), default=25.0,
+              help="Seconds SIGTERM may take.")
+@click.option("--poll/--no-poll", default=False,
+              help="Polling observer, for network and bind-mounted filesystems.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
+                                               case_sensitive=False), default="info")
+@click.option("--log-format", type=click.Choice(["json", "console"], case_sensitive=False),
+              default="json")
+def cli(**options: Any) -> Settings:
+    """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM."""
+    options["log_level"] = options["log_level"].lower()
+    options["log_format"] = options["log_format"].lower()
+    options["s3_endpoint"] = options["s3_endpoint"] or None
+    return Settings(**options)
+
+
+def _describe_source(exc: click.BadParameter) -> str:
+    if exc.ctx is None or exc.param is None or exc.param.name is None:
+        return ""
+    source = exc.ctx.get_parameter_source(exc.param.name)
+    if source is ParameterSource.ENVIRONMENT:
+        return f" (from {ENV_PREFIX}_{exc.param.name.upper()})"
+    if source is ParameterSource.DEFAULT_MAP:
+        return " (from the ini file)"
+    return ""
+
+
+def parse_settings(argv: list[str]) -> Settings | int:
+    """Settings for ``argv``, or an exit status when nothing should run (help, errors)."""
+    try:
+        result = cli.main(args=argv, prog_name="processor", standalone_mode=False)
+    except click.BadParameter as exc:
+        click.echo(f"processor: error: {exc.format_message()}{_describe_source(exc)}",
+                   err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"processor: error: {exc.format_message()}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        return 1
+    if isinstance(result, Settings):
+        return result
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    if not isinstance(settings, Settings):
+        return settings
+    # prometheus_client reads this at import: set it before anything imports metrics.
+    metrics_dir = tempfile.mkdtemp(prefix="processor-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        from shared.logs import configure_logging
+        from supervisor.arbiter import Supervisor
+
+        configure_logging(settings.log_level, settings.log_format, process="supervisor",
+                          pid=os.getpid())
+        return Supervisor(settings).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The supervisor's one inbox: signal handlers and watchdog callbacks only put here.
+
+``put`` also writes a byte to a wake-up pipe, so the main loop can wait on the
+pipe together with the workers' pipes and process sentinels in one
+``multiprocessing.connection.wait`` call.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from dataclasses import dataclass
+
+__all__ = ["Inbox", "PathChanged", "DirectoryChanged", "SignalReceived"]
+
+
+@dataclass(frozen=True)
+class PathChanged:
+    """A file event from the observer (absolute path)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class DirectoryChanged:
+    """A directory appeared or moved in: its files arrive without their own events."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def put(self, item: object) -> None:
+        self._queue.put(item)
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake already
+
+    def drain(self) -> list[object]:
+        """Everything queued so far, oldest first; clears the wake-up pipe."""
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        os.close(self._wake_w)

@@ -1,0 +1,74 @@
+"""Moves checkpoints to their owners when ``--workers`` changed between runs.
+
+Runs in the supervisor before any worker starts, so no LevelDB is in use. For
+each path whose hash now names another slot, in this order, each step durable:
+pending intents are appended to the new owner's log, its records are written to
+the new owner's LevelDB, deleted from the old one, and the old log is rewritten
+without them. A crash between steps leaves copies that a rerun moves again,
+identically (the owner has not run yet), so nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from shared.routing import worker_for
+from shared.settings import Settings
+from worker.checkpoint import CheckpointStore
+from worker.process import WAL_NAME
+from worker.wal import WriteAheadLog
+
+__all__ = ["rebalance"]
+
+_SLOT_DIR = re.compile(r"^worker-(\d+)$")
+
+
+def _slot_dirs(state_dir: Path) -> dict[int, Path]:
+    found = {}
+    if state_dir.is_dir():
+        for child in state_dir.iterdir():
+            match = _SLOT_DIR.match(child.name)
+            if match and child.is_dir():
+                found[int(match.group(1))] = child
+    return found
+
+
+def rebalance(settings: Settings, log: Any) -> int:
+    """Move every path's state to slot ``worker_for(path)``; return how many moved."""
+    dirs = _slot_dirs(settings.state_dir)
+    opened: dict[int, tuple[CheckpointStore, WriteAheadLog]] = {}
+
+    def open_slot(slot: int) -> tuple[CheckpointStore, WriteAheadLog]:
+        if slot not in opened:
+            directory = dirs.get(slot, settings.worker_state_dir(slot))
+            store = CheckpointStore(directory)
+            opened[slot] = (store, WriteAheadLog(directory / WAL_NAME))
+        return opened[slot]
+
+    moved = 0
+    try:
+        for source in sorted(dirs):
+            store, wal = open_slot(source)
+            paths = store.rel_paths() | {i.rel_path for i in wal.pending() if i.rel_path}
+            for rel_path in sorted(paths):
+                target = worker_for(rel_path, settings.workers)
+                if target == source:
+                    continue
+                dest_store, dest_wal = open_slot(target)
+                intents = [i for i in wal.pending() if i.rel_path == rel_path]
+                dest_wal.adopt(intents)
+                items = store.export_path(rel_path)
+                dest_store.import_items(items)
+                store.delete_items([key for key, _ in items])
+                if intents:
+                    wal.rewrite([i for i in wal.pending() if i.rel_path != rel_path])
+                moved += 1
+                log.info("checkpoint_migrated", rel_path=rel_path, from_worker=source,
+                         to_worker=target, intents=len(intents))
+    finally:
+        for store, wal in opened.values():
+            store.close()
+            wal.close()
+    return moved

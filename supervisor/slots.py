@@ -1,0 +1,94 @@
+"""Fixed worker slots. Paths hash to slots, not to pids: a dead worker is replaced
+in the same slot and resumes that slot's streams from its own checkpoints."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from shared.settings import Settings
+from worker.process import run_worker
+
+__all__ = ["WorkerSlot"]
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+class WorkerSlot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: SpawnProcess | None = None
+        self.commands: Connection | None = None     # supervisor -> worker
+        self.heartbeats: Connection | None = None   # worker -> supervisor
+        self.last_heartbeat = 0.0
+        self.started_at = 0.0
+        self.active_streams = 0
+        self.quick_failures = 0       # consecutive exits soon after start
+        self.restart_at: float | None = None
+        self.term_sent_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, settings: Settings) -> None:
+        """Spawn a fresh worker process: nothing is inherited but the pipes' ends."""
+        cmd_r, cmd_w = _SPAWN.Pipe(duplex=False)
+        hb_r, hb_w = _SPAWN.Pipe(duplex=False)
+        process = _SPAWN.Process(target=run_worker, args=(self.index, cmd_r, hb_w, settings),
+                                 name=f"worker-{self.index}")
+        process.start()
+        cmd_r.close()
+        hb_w.close()
+        self.process, self.commands, self.heartbeats = process, cmd_w, hb_r
+        self.started_at = self.last_heartbeat = time.monotonic()
+        self.restart_at = None
+        self.term_sent_at = None
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def send(self, message: Any) -> bool:
+        """Send to the worker; False if it is gone (its replacement rescans its paths)."""
+        if self.commands is None or not self.is_alive():
+            return False
+        try:
+            self.commands.send(message)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def read_heartbeats(self) -> None:
+        assert self.heartbeats is not None
+        try:
+            while self.heartbeats.poll():
+                message = self.heartbeats.recv()
+                self.last_heartbeat = time.monotonic()
+                self.active_streams = getattr(message, "active_streams", 0)
+        except (EOFError, OSError):
+            pass  # the process sentinel reports the exit
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.pid is not None and self.is_alive():
+            try:
+                os.kill(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+            if signum == signal.SIGTERM and self.term_sent_at is None:
+                self.term_sent_at = time.monotonic()
+
+    def reap(self) -> int | None:
+        """Collect the exit code of a dead worker and close its pipes."""
+        assert self.process is not None
+        self.process.join(timeout=0)
+        code = self.process.exitcode
+        for conn in (self.commands, self.heartbeats):
+            if conn is not None:
+                conn.close()
+        self.commands = self.heartbeats = None
+        return code
