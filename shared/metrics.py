@@ -23,7 +23,8 @@ STREAMS_COMPLETED = Counter(
     "processor_streams_completed", "Streams finalized (metadata.json written), by final status.",
     ["status"])
 UPLOAD_RETRIES = Counter(
-    "processor_upload_retries", "S3 requests that failed and will be retried, by operation and kind.",
+    "processor_upload_retries",
+    "S3 requests that failed and will be retried, by operation and kind.",
     ["operation", "kind"])
 ACTIVE_STREAMS = Gauge(
     "processor_active_streams", "Streams seen and not yet finalized.", multiprocess_mode="livesum")

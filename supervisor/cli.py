@@ -65,7 +65,7 @@ class _Extensions(click.ParamType):
 def _load_ini(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Eager: read the ini file into click's default_map before other options."""
     explicit = value is not None
-    path = Path(value) if explicit else Path(DEFAULT_CONFIG)
+    path = Path(value if value is not None else DEFAULT_CONFIG)
     if not path.exists():
         if explicit:
             raise click.BadParameter(f"file {str(path)!r} does not exist", ctx, param)

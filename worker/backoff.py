@@ -20,8 +20,8 @@ PERMANENT_DELAY = (30.0, 60.0)
 
 def retry_delay(kind: ErrorKind, failures: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
-    rng = rng or random
+    uniform = (rng or random).uniform
     if kind is ErrorKind.PERMANENT:
-        return rng.uniform(*PERMANENT_DELAY)
+        return uniform(*PERMANENT_DELAY)
     ceiling = min(TRANSIENT_CAP, TRANSIENT_BASE * 2 ** max(0, failures - 1))
-    return rng.uniform(ceiling / 2, ceiling)  # "equal jitter": never near zero, no busy loop
+    return uniform(ceiling / 2, ceiling)  # "equal jitter": never near zero, no busy loop

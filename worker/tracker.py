@@ -22,6 +22,7 @@ from shared.settings import Settings
 from shared.timefmt import now as wall_now
 from worker.backoff import retry_delay
 from worker.checkpoint import CheckpointStore, StreamRecord, StreamStatus
+from worker.planning import chunks_kept_on_reopen, next_full_chunk
 from worker.runtime import StreamRuntime
 from worker.uploader import SourceChanged, SourceError, Uploader
 from worker.wal import Intent
@@ -136,8 +137,9 @@ class StreamTracker:
         if record.end_reason is not None:
             self.uploader.finalize(rt)
             return True
-        if record.size - rt.committed_bytes >= record.chunk_size:
-            self.uploader.upload_chunk(rt, len(rt.chunks), record.chunk_size)
+        span = next_full_chunk(len(rt.chunks), record.size, record.chunk_size)
+        if span is not None:
+            self.uploader.upload_chunk(rt, span.index, span.size)
             return True
         assert rt.last_change is not None
         if self.clock() - rt.last_change >= self.settings.stream_timeout:
@@ -229,9 +231,8 @@ class StreamTracker:
 
     def _reopen(self, rt: StreamRuntime) -> None:
         record = rt.record
-        keep = rt.chunks if self.settings.keep_chunks else []
-        if keep and keep[-1].size < record.chunk_size:
-            keep = keep[:-1]  # the short last chunk is replaced by a fuller one
+        kept = chunks_kept_on_reopen([c.size for c in rt.chunks], record.chunk_size)
+        keep = rt.chunks[:kept] if self.settings.keep_chunks else []  # else: deleted in S3
         rt.record = record.evolve(status=StreamStatus.ACTIVE, completed_at=None,
                                   reopen_count=record.reopen_count + 1)
         self.store.drop_chunks_from(rt.record, len(keep))

@@ -24,13 +24,12 @@ from shared.timefmt import now
 from worker.checkpoint import CheckpointStore, ChunkRecord, StreamStatus
 from worker.media import MediaInfo, probe_media
 from worker.metadata import build_metadata
+from worker.planning import MAX_PARTS, completion_spans
 from worker.runtime import StreamRuntime
 from worker.storage import Storage
 from worker.wal import Intent, WriteAheadLog
 
-__all__ = ["Uploader", "SourceError", "SourceChanged", "MAX_PARTS"]
-
-MAX_PARTS = 10_000  # S3's limit on parts of one multipart upload
+__all__ = ["Uploader", "SourceError", "SourceChanged"]
 
 
 class SourceError(Exception):
@@ -140,10 +139,8 @@ class Uploader:
         path = self.source_path(rt)
         if record.end_reason is None:
             self._check_unchanged(rt)
-            while rt.committed_bytes < record.size:
-                index = len(rt.chunks)
-                remaining = record.size - index * record.chunk_size
-                self.upload_chunk(rt, index, min(record.chunk_size, remaining))
+            for span in completion_spans(len(rt.chunks), record.size, record.chunk_size):
+                self.upload_chunk(rt, span.index, span.size)
                 self.pulse()
             self._verify(rt)
             self._check_unchanged(rt)
