@@ -37,8 +37,8 @@ class StreamKeys:
     stream_id: str
 
     def __post_init__(self) -> None:
-        parts = PurePosixPath(self.rel_path).parts
-        if not parts or any(p in ("", ".", "..") for p in parts) or self.rel_path.startswith("/"):
+        parts = self.rel_path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"not a relative path inside the watch dir: {self.rel_path!r}")
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 from typing import Any
 
 import structlog
@@ -12,6 +12,19 @@ __all__ = ["configure_logging", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+class _LineWriter:
+    """Writes each line with one ``write(2)`` on fd 1: the supervisor and its workers
+    share stdout, and ``print`` (message, then newline) lets their lines interleave."""
+
+    def msg(self, message: str) -> None:
+        data = (message + "\n").encode("utf-8", "backslashreplace")
+        while data:
+            written = os.write(1, data)
+            data = data[written:]
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def configure_logging(level: str = "info", fmt: str = "json", **context: Any) -> None:
@@ -31,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "json", **context: Any) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *args: _LineWriter(),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()

@@ -11,7 +11,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CHUNKS_UPLOADED", "UPLOADED_BYTES", "STREAMS_COMPLETED", "UPLOAD_RETRIES",
-    "ACTIVE_STREAMS", "CHUNK_UPLOAD_SECONDS", "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
+    "ACTIVE_STREAMS", "S3_ERRORS", "record_s3_failure", "CHUNK_UPLOAD_SECONDS",
+    "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
     "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES",
 ]
 
@@ -23,8 +24,9 @@ STREAMS_COMPLETED = Counter(
     "processor_streams_completed", "Streams finalized (metadata.json written), by final status.",
     ["status"])
 UPLOAD_RETRIES = Counter(
-    "processor_upload_retries",
-    "S3 requests that failed and will be retried, by operation and kind.",
+    "processor_upload_retries", "S3 requests that failed and will be retried.")
+S3_ERRORS = Counter(
+    "processor_s3_errors", "Failed S3 requests by operation and error kind (all retried).",
     ["operation", "kind"])
 ACTIVE_STREAMS = Gauge(
     "processor_active_streams", "Streams seen and not yet finalized.", multiprocess_mode="livesum")
@@ -42,3 +44,14 @@ EVENTS_DISPATCHED = Counter(
     "processor_events_dispatched", "Path notifications sent from the supervisor to workers.")
 WAL_TRUNCATED_BYTES = Counter(
     "processor_wal_truncated_bytes", "Bytes cut from torn or corrupt write-ahead-log tails.")
+
+# A labelled series appears only once it has a child: create the statuses up front so
+# dashboards and alerts see zeros rather than nothing.
+for _status in ("complete", "source_deleted", "source_replaced"):
+    STREAMS_COMPLETED.labels(status=_status)
+
+
+def record_s3_failure(operation: str, kind: str) -> None:
+    """Count one failed S3 request that will be retried."""
+    UPLOAD_RETRIES.inc()
+    S3_ERRORS.labels(operation=operation, kind=kind).inc()

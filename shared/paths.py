@@ -37,6 +37,8 @@ def scan_streams(watch_dir: Path, extensions: tuple[str, ...], recursive: bool) 
     for root, dirs, files in os.walk(watch_dir, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
         for name in files:
+            if os.path.islink(os.path.join(root, name)):
+                continue  # os.walk lists symlinks to files among files
             rel = relative_stream_path(watch_dir, os.path.join(root, name), extensions, recursive)
             if rel is not None:
                 yield rel

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 __all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "Settings", "parse_size", "parse_extensions"]
@@ -29,8 +30,8 @@ def parse_size(text: str) -> int:
     match = _SIZE.match(text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"{text!r} is not a size (use bytes, or e.g. 10MiB, 10MB)")
-    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if value != int(value):
+    value = Decimal(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value != value.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of bytes")
     return int(value)
 

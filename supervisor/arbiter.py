@@ -12,8 +12,8 @@ import enum
 import os
 import signal
 import time
-from pathlib import Path
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import multiprocess

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from shared import metrics
 from shared.routing import worker_for
 from shared.settings import Settings
 from worker.checkpoint import CheckpointStore
@@ -44,7 +45,12 @@ def rebalance(settings: Settings, log: Any) -> int:
         if slot not in opened:
             directory = dirs.get(slot, settings.worker_state_dir(slot))
             store = CheckpointStore(directory)
-            opened[slot] = (store, WriteAheadLog(directory / WAL_NAME))
+            wal = WriteAheadLog(directory / WAL_NAME)
+            if wal.truncated_bytes:  # the worker will find the log already cut: say it here
+                metrics.WAL_TRUNCATED_BYTES.inc(wal.truncated_bytes)
+                log.warning("wal_tail_truncated", slot=slot, bytes=wal.truncated_bytes,
+                            path=str(wal.path))
+            opened[slot] = (store, wal)
         return opened[slot]
 
     moved = 0
@@ -58,7 +64,7 @@ def rebalance(settings: Settings, log: Any) -> int:
                     continue
                 dest_store, dest_wal = open_slot(target)
                 intents = [i for i in wal.pending() if i.rel_path == rel_path]
-                dest_wal.adopt(intents)
+                dest_wal.adopt(intents, origin=f"worker-{source}")
                 items = store.export_path(rel_path)
                 dest_store.import_items(items)
                 store.delete_items([key for key, _ in items])

@@ -23,5 +23,5 @@ def retry_delay(kind: ErrorKind, failures: int, rng: random.Random | None = None
     uniform = (rng or random).uniform
     if kind is ErrorKind.PERMANENT:
         return uniform(*PERMANENT_DELAY)
-    ceiling = min(TRANSIENT_CAP, TRANSIENT_BASE * 2 ** max(0, failures - 1))
+    ceiling = min(TRANSIENT_CAP, TRANSIENT_BASE * 2 ** min(max(0, failures - 1), 32))
     return uniform(ceiling / 2, ceiling)  # "equal jitter": never near zero, no busy loop

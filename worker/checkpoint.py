@@ -68,7 +68,7 @@ class StreamRecord:
     def to_json(self) -> bytes:
         data = asdict(self)
         data["status"] = self.status.value
-        return json.dumps(data, ensure_ascii=False).encode()
+        return json.dumps(data).encode()  # ASCII escapes keep undecodable names
 
     @classmethod
     def from_json(cls, raw: bytes) -> StreamRecord:

@@ -261,7 +261,7 @@ class StreamTracker:
         delay = retry_delay(kind, rt.failures)
         rt.next_attempt = self.clock() + delay
         rt.reload(self.store)
-        metrics.UPLOAD_RETRIES.labels(operation=operation, kind=kind.value).inc()
+        metrics.record_s3_failure(operation, kind.value)
         fields = dict(stream_id=rt.stream_id, operation=operation, error=detail,
                       attempt=rt.failures, retry_in=round(delay, 2))
         if kind is ErrorKind.PERMANENT:
@@ -281,7 +281,7 @@ class StreamTracker:
         except StorageError as exc:
             self.bucket_failures += 1
             self.bucket_retry_at = self.clock() + retry_delay(exc.kind, self.bucket_failures)
-            metrics.UPLOAD_RETRIES.labels(operation=exc.operation, kind=exc.kind.value).inc()
+            metrics.record_s3_failure(exc.operation, exc.kind.value)
             if self.bucket_failures <= 3 or self.bucket_failures % 10 == 0:
                 self.log.warning("bucket_unavailable", bucket=self.settings.s3_bucket,
                                  error=exc.detail, attempt=self.bucket_failures)

@@ -50,7 +50,7 @@ class Intent:
 
 
 def _frame(payload: dict[str, Any]) -> bytes:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps(payload, separators=(",", ":")).encode()  # ASCII: undecodable names survive
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -132,16 +132,23 @@ class WriteAheadLog:
         if not self._pending and self._file.tell() > COMPACT_AT_BYTES:
             self.rewrite([])
 
-    def adopt(self, intents: Iterable[Intent]) -> None:
-        """Append intents moved here from another worker's log (re-numbered), fsynced."""
+    def adopt(self, intents: Iterable[Intent], origin: str) -> None:
+        """Append intents moved here from log ``origin`` (re-numbered, fsynced).
+
+        Each carries an ``origin`` key, and one already adopted is skipped, so a
+        migration repeated after a crash does not double them."""
+        present = {i.fields.get("origin") for i in self._pending.values()}
         for intent in intents:
-            self.intend(intent.op, **intent.fields)
+            key = intent.fields.get("origin") or f"{origin}:{intent.seq}"
+            if key not in present:
+                self.intend(intent.op, **{**intent.fields, "origin": key})
 
     def rewrite(self, keep: Iterable[Intent]) -> None:
         """Atomically replace the log with only ``keep`` (compaction, migration)."""
         keep = sorted(keep, key=lambda i: i.seq)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
+            f.write(_frame({"seq": self._next_seq - 1}))  # keeps numbering monotonic
             for intent in keep:
                 f.write(_frame({"seq": intent.seq, "op": intent.op, "f": intent.fields}))
             f.flush()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import chunk_puts, check_stream, wait_for_metadata
+from tests.e2e.harness import check_stream, chunk_puts, wait_for_metadata
 from tests.support.proxy import RecordingProxy
 from tests.support.videos import make_not_mp4, make_video, start_live_writer
 
@@ -88,7 +88,8 @@ def test_kill9_while_live_stream_uploads_then_resume(make_processor: Any, client
     doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
     check_stream(client, bucket, doc, (processor.watch_dir / "cam.mp4").read_bytes())
     puts = chunk_puts(proxy, bucket, doc)
-    reuploaded = {e["index"] for e in processor.all_events() if e["event"] == "chunk_changed_on_disk"}
+    reuploaded = {e["index"] for e in processor.all_events()
+                  if e["event"] == "chunk_changed_on_disk"}
     for index in committed_before - reuploaded:
         assert puts[index] == 1, f"committed chunk {index} uploaded {puts[index]} times"
     assert_one_put_per_chunk(proxy, bucket, doc, extra_allowed=1)  # the one in flight

@@ -135,7 +135,8 @@ def test_unknown_ini_key_is_an_error(workdir: Path, capsys: pytest.CaptureFixtur
     assert "workerz" in error_line([], capsys)
 
 
-def test_unwritable_state_dir_is_an_error(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_state_dir_is_an_error(workdir: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A state dir that cannot be created is reported before anything starts."""
     blocker = workdir / "file"
     blocker.write_text("x")
