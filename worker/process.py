@@ -29,8 +29,9 @@ HEARTBEAT_EVERY = 1.0
 WAL_NAME = "intents.wal"
 
 
-class Draining(Exception):
-    """Raised from ``pulse`` between two requests once the worker must stop."""
+class Draining(BaseException):
+    """Raised from ``pulse`` between two requests once the worker must stop. A
+    BaseException, so that no per-stream error handler can swallow it."""
 
 
 class _ParentGone:

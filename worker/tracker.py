@@ -116,6 +116,11 @@ class StreamTracker:
             self.log.info("stream_changed_during_work", stream_id=rt.stream_id, reason=str(exc))
             rt.reload(self.store)
             return True
+        except Exception as exc:  # a bug: contain it to this stream, retry it slowly
+            self.log.exception("stream_failed", stream_id=rt.stream_id,
+                               rel_path=rt.record.rel_path, error=repr(exc))
+            self._failed(rt, ErrorKind.PERMANENT, "internal", repr(exc))
+            return True
         if rt.failures:
             self.log.info("s3_recovered", stream_id=rt.stream_id, failures=rt.failures)
             rt.failures, rt.permanent_logged, rt.source_error_logged = 0, False, False
