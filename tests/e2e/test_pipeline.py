@@ -229,3 +229,16 @@ def test_completed_files_are_not_uploaded_again_after_restart(
     processor.wait_for_event("worker_started", count=2)
     time.sleep(processor.stream_timeout + 2)
     assert proxy.count("PUT") == 0 and proxy.count("POST") == 0
+
+
+def test_polling_observer_finds_new_files(make_processor: Any, client: Any, bucket: str,
+                                          finished_video: Path) -> None:
+    """With --poll, a file added after start-up is found and uploaded."""
+    processor = make_processor(workers=1, extra=["--poll"])
+    processor.start()
+    processor.wait_for_event("worker_started")
+    time.sleep(1.5)  # past the start-up scan: only the observer can report it
+    (processor.watch_dir / "sub").mkdir()
+    shutil.copy(finished_video, processor.watch_dir / "sub" / "polled.mp4")
+    doc = wait_for_metadata(client, bucket, "sub/polled.mp4", processor=processor)
+    check_stream(client, bucket, doc, finished_video.read_bytes())
