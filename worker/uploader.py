@@ -75,6 +75,22 @@ class Uploader:
         self.storage = storage
         self.log = log
         self.pulse = pulse
+        self._open: dict[tuple[str, str, int], Intent] = {}
+
+    def _intend(self, op: str, stream_id: str, index: int, **fields: Any) -> Intent:
+        """Log an intent; one left open by a failed attempt of the same effect is
+        superseded by this retry (the retry re-does it), so pending intents stay few."""
+        slot = (stream_id, op, index)
+        previous = self._open.pop(slot, None)
+        if previous is not None:
+            self.wal.done(previous)
+        intent = self.wal.intend(op, stream_id=stream_id, index=index, **fields)
+        self._open[slot] = intent
+        return intent
+
+    def _done(self, intent: Intent) -> None:
+        self._open.pop((intent.stream_id, intent.op, int(intent.fields.get("index", -1))), None)
+        self.wal.done(intent)
 
     def source_path(self, rt: StreamRuntime) -> Path:
         return self.settings.watch_dir / rt.record.rel_path
@@ -89,14 +105,13 @@ class Uploader:
             data = _read_range(self.source_path(rt), record.ino, offset, size)
         digest = xxhash.xxh3_128_hexdigest(data)
         key = rt.keys.chunk(index)
-        intent = self.wal.intend("put_chunk", stream_id=record.stream_id,
-                                 rel_path=record.rel_path, index=index, offset=offset,
-                                 size=size, xxh3_128=digest, key=key)
+        intent = self._intend("put_chunk", record.stream_id, index, rel_path=record.rel_path,
+                              offset=offset, size=size, xxh3_128=digest, key=key)
         started = time.monotonic()
         self.storage.put_chunk(key, data, digest)
         elapsed = time.monotonic() - started
         self._commit_chunk(rt, ChunkRecord(index, offset, size, digest, now()))
-        self.wal.done(intent)
+        self._done(intent)
         metrics.CHUNKS_UPLOADED.inc()
         metrics.UPLOADED_BYTES.inc(size)
         metrics.CHUNK_UPLOAD_SECONDS.observe(elapsed)
@@ -196,8 +211,7 @@ class Uploader:
 
     def _assemble(self, rt: StreamRuntime) -> None:
         key = rt.keys.final_object
-        intent = self.wal.intend("assemble", stream_id=rt.stream_id,
-                                 rel_path=rt.record.rel_path, key=key)
+        intent = self._intend("assemble", rt.stream_id, -1, rel_path=rt.record.rel_path, key=key)
         self.storage.abort_uploads(key)  # leftovers of an attempt cut short
         self.storage.assemble(key, [rt.keys.chunk(c.index) for c in rt.chunks],
                               on_part=self.pulse)
@@ -205,5 +219,5 @@ class Uploader:
         if size != rt.committed_bytes:
             raise StorageError("assemble", ErrorKind.TRANSIENT,
                                f"assembled object has {size} bytes, expected {rt.committed_bytes}")
-        self.wal.done(intent)
+        self._done(intent)
 

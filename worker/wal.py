@@ -129,8 +129,8 @@ class WriteAheadLog:
         self._pending.pop(intent.seq, None)
         self._append({"seq": self._next_seq, "done": intent.seq}, sync=False)
         self._next_seq += 1
-        if not self._pending and self._file.tell() > COMPACT_AT_BYTES:
-            self.rewrite([])
+        if self._file.tell() > COMPACT_AT_BYTES:
+            self.rewrite(self._pending.values())  # bounded even while some intent stays open
 
     def adopt(self, intents: Iterable[Intent], origin: str) -> None:
         """Append intents moved here from log ``origin`` (re-numbered, fsynced).
