@@ -124,10 +124,8 @@ class StreamTracker:
         if rt.failures:
             self.log.info("s3_recovered", stream_id=rt.stream_id, failures=rt.failures)
             rt.failures, rt.permanent_logged, rt.source_error_logged = 0, False, False
-        if rt.record.status is StreamStatus.COMPLETE or rt.record.end_reason is not None and \
-                self.current.get(rt.record.rel_path) != rt.stream_id and \
-                rt.record.status is StreamStatus.COMPLETE:
-            self._unload(rt)
+        if rt.record.status is StreamStatus.COMPLETE:
+            self._unload(rt)  # a later event for its path loads it again
         return did
 
     def _advance(self, rt: StreamRuntime) -> bool:
