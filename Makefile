@@ -1,17 +1,22 @@
 # `make test` is the one command CI and developers run: it builds the virtual
 # environment from the package registry, installs the project with its test
-# extras and runs the whole suite.
+# extras, installs the few system tools the tests use, and runs the whole suite.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test lint venv clean
+.PHONY: test test-faults lint venv system-deps bench bench-smoke docker-smoke clean
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The fault-injection scenarios with their full repetitions (minutes); `make test`
+# runs them with fewer.
+test-faults: $(VENV)/.installed system-deps
+	FAULTS_FULL=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check supervisor worker shared tests
+	$(VENV)/bin/ruff check supervisor worker shared tests bench
 	$(VENV)/bin/mypy supervisor worker shared
 
 venv: $(VENV)/.installed
@@ -21,6 +26,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
+
+# Tools from Debian's packages that tests need (e.g. promtool); no-op when present.
+system-deps:
+	bash deploy/system-deps.sh
+
+# Side-by-side benchmark against awscli, rclone and a boto3 loop (docs/BENCHMARKS.md).
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+bench-smoke: $(VENV)/.installed
+	$(PY) bench/run.py --smoke
+
+# Builds the image and runs it against a local S3 server (needs a Docker engine).
+docker-smoke: $(VENV)/.installed
+	bash deploy/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
