@@ -5,16 +5,21 @@ Small frozen values, pickled by ``multiprocessing.Connection``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Touch", "Stop", "Heartbeat", "WorkerMessage", "SupervisorMessage"]
+__all__ = ["Touch", "Stop", "Heartbeat", "StreamProgress", "Completion",
+           "WorkerMessage", "SupervisorMessage"]
+
+MAX_REPORTED_STREAMS = 2000  # per heartbeat: keeps one message small at any scale
 
 
 @dataclass(frozen=True)
 class Touch:
-    """Something happened at ``rel_path`` (created, modified, moved, deleted): look at it."""
+    """Something happened at ``rel_path`` (created, modified, moved, deleted): look at it.
+    ``seen_at`` is when the supervisor saw the event (wall clock), for dispatch latency."""
 
     rel_path: str
+    seen_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,43 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class StreamProgress:
+    """One unfinished stream as its worker sees it now."""
+
+    stream_id: str
+    rel_path: str
+    state: str                  # growing | finalizing | backoff | source_deleted | source_replaced
+    bytes_on_disk: int
+    bytes_uploaded: int
+    chunks: int
+    started_at: float           # wall clock
+    last_write_at: float        # the file's mtime
+    idle_seconds: float         # since the last size/mtime change seen
+    completes_in: float         # seconds until it counts as complete, if nothing changes
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A stream finalized recently."""
+
+    stream_id: str
+    rel_path: str
+    status: str
+    total_size_bytes: int
+    chunks: int
+    completed_at: float
+    reopen_count: int
+
+
+@dataclass(frozen=True)
 class Heartbeat:
-    """The worker's upload loop is alive; sent after each step and each idle tick."""
+    """The worker's upload loop is alive; sent after each step and each idle tick, at
+    most once a second, with what the worker is doing (for ``/streams``)."""
 
     active_streams: int
+    streams: tuple[StreamProgress, ...] = field(default=())
+    completions: tuple[Completion, ...] = field(default=())
 
 
 SupervisorMessage = Touch | Stop

@@ -13,7 +13,9 @@ __all__ = [
     "CHUNKS_UPLOADED", "UPLOADED_BYTES", "STREAMS_COMPLETED", "UPLOAD_RETRIES",
     "ACTIVE_STREAMS", "S3_ERRORS", "record_s3_failure", "CHUNK_UPLOAD_SECONDS",
     "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
-    "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES",
+    "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES", "S3_REQUESTS", "LAG_BYTES",
+    "OLDEST_STREAM_AGE", "S3_READY", "WORKERS_ALIVE", "WORKERS_CONFIGURED",
+    "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -42,6 +44,29 @@ WORKER_RESTARTS = Counter(
     "processor_worker_restarts", "Worker processes restarted by the supervisor after dying.")
 EVENTS_DISPATCHED = Counter(
     "processor_events_dispatched", "Path notifications sent from the supervisor to workers.")
+S3_REQUESTS = Counter(
+    "processor_s3_requests", "S3 requests by operation and outcome (ok, transient, "
+    "permanent, not_found).", ["operation", "outcome"])
+LAG_BYTES = Gauge(
+    "processor_lag_bytes", "Bytes on disk not yet uploaded, over all unfinished streams.",
+    multiprocess_mode="livesum")
+OLDEST_STREAM_AGE = Gauge(
+    "processor_oldest_stream_age_seconds", "Age of the oldest unfinished stream.",
+    multiprocess_mode="livemax")
+S3_READY = Gauge(
+    "processor_s3_ready", "1 when the bucket answered the last readiness check, else 0.",
+    multiprocess_mode="livemax")
+WORKERS_ALIVE = Gauge(
+    "processor_workers_alive", "Worker processes running.", multiprocess_mode="livemax")
+WORKERS_CONFIGURED = Gauge(
+    "processor_workers_configured", "Worker processes configured (--workers).",
+    multiprocess_mode="livemax")
+CHECKPOINT_WRITE_SECONDS = Histogram(
+    "processor_checkpoint_write_seconds", "Duration of a synchronous LevelDB write.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+DISPATCH_SECONDS = Histogram(
+    "processor_dispatch_seconds", "From a file event seen by the supervisor to its worker "
+    "receiving it.", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
 WAL_TRUNCATED_BYTES = Counter(
     "processor_wal_truncated_bytes", "Bytes cut from torn or corrupt write-ahead-log tails.")
 

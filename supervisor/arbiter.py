@@ -12,6 +12,7 @@ import enum
 import os
 import signal
 import time
+from dataclasses import asdict
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,13 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        metrics.WORKERS_CONFIGURED.set(len(self.slots))
         moved = rebalance(self.settings, self.log)
         if moved:
             self.log.info("checkpoints_rebalanced", moved=moved, workers=self.settings.workers)
         if self.settings.metrics_port:
             self.http = StatusServer(self.settings.metrics_host, self.settings.metrics_port,
-                                     self.health, BucketProbe(self.settings))
+                                     self.health, BucketProbe(self.settings), self.snapshot)
             self.http.start()
         self.observer = start_observer(self.settings, self.inbox)
         for slot in self.slots:
@@ -105,7 +107,7 @@ class Supervisor:
 
     # dispatch
     def _dispatch(self, items: list[object]) -> None:
-        paths: dict[str, None] = {}
+        paths: dict[str, float] = {}
         for item in items:
             if isinstance(item, SignalReceived):
                 self.handle_signal(item.signum)
@@ -113,17 +115,17 @@ class Supervisor:
                 rel = relative_stream_path(self.settings.watch_dir, item.path,
                                            self.settings.extensions, self.settings.recursive)
                 if rel is not None:
-                    paths[rel] = None
+                    paths.setdefault(rel, item.seen_at)
             elif isinstance(item, DirectoryChanged) and self.state is State.RUNNING:
                 for rel in self._scan(item.path):
-                    paths[rel] = None
+                    paths.setdefault(rel, time.time())
         if self.state is State.RUNNING:
-            for rel in paths:  # coalesced: one touch per path per loop turn
-                self._touch(rel)
+            for rel, seen_at in paths.items():  # coalesced: one touch per path per loop turn
+                self._touch(rel, seen_at)
 
-    def _touch(self, rel_path: str) -> None:
+    def _touch(self, rel_path: str, seen_at: float = 0.0) -> None:
         slot = self.slots[worker_for(rel_path, len(self.slots))]
-        if slot.send(Touch(rel_path)):
+        if slot.send(Touch(rel_path, seen_at or time.time())):
             metrics.EVENTS_DISPATCHED.inc()
 
     def _scan(self, directory: str) -> list[str]:
@@ -161,6 +163,7 @@ class Supervisor:
     # housekeeping
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        metrics.WORKERS_ALIVE.set(sum(1 for slot in self.slots if slot.is_alive()))
         for slot in self.slots:
             if slot.process is not None and not slot.is_alive():
                 self._reap(slot, now)
@@ -216,6 +219,7 @@ class Supervisor:
     def _start(self, slot: WorkerSlot, restart: bool = False) -> None:
         slot.start(self.settings)
         if restart:
+            slot.restarts += 1
             metrics.WORKER_RESTARTS.inc()
             self.log.info("worker_restarted", slot=slot.index, pid=slot.pid)
             self._rescan_slot(slot.index)
@@ -239,6 +243,25 @@ class Supervisor:
         if down:
             return False, f"workers down: {down}"
         return True, "ok"
+
+    def snapshot(self) -> dict[str, Any]:
+        """Called from the HTTP thread for ``/streams``: what every worker last reported.
+        Each slot's report is replaced whole by the main loop, so reading is safe."""
+        now = time.monotonic()
+        workers, streams, completions = [], [], []
+        for slot in self.slots:
+            report = slot.last_report
+            workers.append({"slot": slot.index, "pid": slot.pid, "alive": slot.is_alive(),
+                            "heartbeat_age_seconds": round(now - slot.last_heartbeat, 3),
+                            "restarts": slot.restarts, "active_streams": report.active_streams})
+            streams += [dict(asdict(p), worker=slot.index) for p in report.streams]
+            completions += [dict(asdict(c), worker=slot.index) for c in report.completions]
+        streams.sort(key=lambda s: s["started_at"])
+        completions.sort(key=lambda c: c["completed_at"], reverse=True)
+        return {"generated_at": time.time(), "state": self.state.value,
+                "stream_timeout": self.settings.stream_timeout,
+                "chunk_size": self.settings.chunk_size, "workers": workers,
+                "streams": streams, "recent_completions": completions[:20]}
 
     def _stop_observer(self) -> None:
         if self.observer is not None:

@@ -170,7 +170,13 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--log-format", type=click.Choice(["json", "console"], case_sensitive=False),
               default="json")
 def cli(**options: Any) -> Settings:
-    """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM."""
+    """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
+
+    \b
+    Other commands:
+      processor status   show the running service's streams (--watch, --json)
+      processor inspect  print the checkpoints of a stopped service
+    """
     options["log_level"] = options["log_level"].lower()
     options["log_format"] = options["log_format"].lower()
     options["s3_endpoint"] = options["s3_endpoint"] or None
@@ -206,8 +212,19 @@ def parse_settings(argv: list[str]) -> Settings | int:
     return int(result or 0)
 
 
+def _subcommands() -> dict[str, click.Command]:
+    from supervisor.inspection import inspect_state
+    from supervisor.status import status
+    return {"status": status, "inspect": inspect_state}
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("status", "inspect"):
+        command = _subcommands()[argv[0]]
+        return int(command.main(args=argv[1:], prog_name=f"processor {argv[0]}",
+                                standalone_mode=True) or 0)
+    settings = parse_settings(argv)
     if not isinstance(settings, Settings):
         return settings
     # prometheus_client reads this at import: set it before anything imports metrics.

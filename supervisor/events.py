@@ -16,9 +16,10 @@ __all__ = ["Inbox", "PathChanged", "DirectoryChanged", "SignalReceived"]
 
 @dataclass(frozen=True)
 class PathChanged:
-    """A file event from the observer (absolute path)."""
+    """A file event from the observer (absolute path), and when it was seen (wall clock)."""
 
     path: str
+    seen_at: float = 0.0
 
 
 @dataclass(frozen=True)

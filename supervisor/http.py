@@ -1,8 +1,10 @@
-"""``/metrics`` (all processes aggregated), ``/healthz`` and ``/readyz``, served by the
+"""``/metrics`` (all processes aggregated), ``/healthz``, ``/readyz`` and ``/streams``
+(what each worker is doing, as JSON for ``processor status``), served by the
 supervisor on a background thread."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from shared import metrics
 from shared.s3 import make_client
 from shared.settings import Settings
 
@@ -48,18 +51,24 @@ class BucketProbe:
 
 class StatusServer:
     def __init__(self, host: str, port: int, healthy: Callable[[], tuple[bool, str]],
-                 probe: BucketProbe) -> None:
+                 probe: BucketProbe,
+                 snapshot: Callable[[], dict[str, Any]] = lambda: {}) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         self.healthy = healthy
         self.probe = probe
+        self.snapshot = snapshot
 
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
                 if self.path == "/metrics":
+                    metrics.S3_READY.set(1 if outer.probe.check()[0] else 0)
                     self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/streams":
+                    body = json.dumps(outer.snapshot(), ensure_ascii=False).encode()
+                    self._reply(200, body, "application/json")
                 elif self.path == "/healthz":
                     ok, detail = outer.healthy()
                     self._reply(200 if ok else 503, (detail + "\n").encode())

@@ -11,6 +11,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+from shared.messages import Heartbeat
 from shared.settings import Settings
 from worker.process import run_worker
 
@@ -27,7 +28,8 @@ class WorkerSlot:
         self.heartbeats: Connection | None = None   # worker -> supervisor
         self.last_heartbeat = 0.0
         self.started_at = 0.0
-        self.active_streams = 0
+        self.last_report: Heartbeat = Heartbeat(0)
+        self.restarts = 0
         self.quick_failures = 0       # consecutive exits soon after start
         self.restart_at: float | None = None
         self.term_sent_at: float | None = None
@@ -49,6 +51,7 @@ class WorkerSlot:
         self.started_at = self.last_heartbeat = time.monotonic()
         self.restart_at = None
         self.term_sent_at = None
+        self.last_report = Heartbeat(0)
 
     def is_alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -69,7 +72,8 @@ class WorkerSlot:
             while self.heartbeats.poll():
                 message = self.heartbeats.recv()
                 self.last_heartbeat = time.monotonic()
-                self.active_streams = getattr(message, "active_streams", 0)
+                if isinstance(message, Heartbeat):
+                    self.last_report = message
         except (EOFError, OSError):
             pass  # the process sentinel reports the exit
 

@@ -3,6 +3,8 @@ events in the supervisor's inbox; filtering and routing happen in the main loop.
 
 from __future__ import annotations
 
+import time
+
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -33,7 +35,7 @@ class _ToInbox(FileSystemEventHandler):
                 if event.event_type in ("created", "moved"):
                     self.inbox.put(DirectoryChanged(path))
             else:
-                self.inbox.put(PathChanged(path))
+                self.inbox.put(PathChanged(path, time.time()))
 
 
 def start_observer(settings: Settings, inbox: Inbox) -> BaseObserver:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import plyvel
 
+from shared import metrics
 from shared.routing import path_bytes
 
 __all__ = ["StreamStatus", "ChunkRecord", "StreamRecord", "CheckpointStore"]
@@ -96,12 +99,20 @@ def _path_key(rel_path: str) -> bytes:
     return b"p/" + path_bytes(rel_path)
 
 
+@contextmanager
+def _timed() -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    metrics.CHECKPOINT_WRITE_SECONDS.observe(time.perf_counter() - started)
+
+
 class CheckpointStore:
     """A worker's LevelDB. Only its owner opens it (LevelDB holds a lock file)."""
 
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self._db = plyvel.DB(str(directory / "checkpoints.ldb"), create_if_missing=True)
+    def __init__(self, directory: Path, *, create: bool = True) -> None:
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        self._db = plyvel.DB(str(directory / "checkpoints.ldb"), create_if_missing=create)
 
     def close(self) -> None:
         self._db.close()
@@ -127,23 +138,24 @@ class CheckpointStore:
     # writing: each method is one synchronous batch
     def start_stream(self, record: StreamRecord) -> None:
         """Record a new lineage and make it the path's current one."""
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             batch.put(_stream_key(record.stream_id), record.to_json())
             batch.put(_path_key(record.rel_path), record.stream_id.encode())
 
     def save_stream(self, record: StreamRecord) -> None:
-        self._db.put(_stream_key(record.stream_id), record.to_json(), sync=True)
+        with _timed():
+            self._db.put(_stream_key(record.stream_id), record.to_json(), sync=True)
 
     def commit_chunk(self, record: StreamRecord, chunk: ChunkRecord) -> None:
         """Record an acknowledged chunk together with the stream's new state."""
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             batch.put(_chunk_key(record.stream_id, chunk.index),
                       json.dumps(asdict(chunk)).encode())
             batch.put(_stream_key(record.stream_id), record.to_json())
 
     def drop_chunks_from(self, record: StreamRecord, index: int) -> None:
         """Forget chunks ``index..`` (a partial last chunk that a reopen replaces)."""
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             for key, _ in self._db.iterator(prefix=_chunk_prefix(record.stream_id)):
                 if int(key.rsplit(b"/", 1)[1]) >= index:
                     batch.delete(key)
@@ -152,7 +164,7 @@ class CheckpointStore:
     def forget_stream(self, stream_id: str) -> None:
         """Remove a finished, superseded lineage."""
         record = self.stream(stream_id)
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             for key, _ in self._db.iterator(prefix=_chunk_prefix(stream_id)):
                 batch.delete(key)
             batch.delete(_stream_key(stream_id))
@@ -173,12 +185,12 @@ class CheckpointStore:
         return items
 
     def import_items(self, items: list[tuple[bytes, bytes]]) -> None:
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             for key, value in items:
                 batch.put(key, value)
 
     def delete_items(self, keys: list[bytes]) -> None:
-        with self._db.write_batch(sync=True) as batch:
+        with _timed(), self._db.write_batch(sync=True) as batch:
             for key in keys:
                 batch.delete(key)
 

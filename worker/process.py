@@ -16,8 +16,9 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from shared import metrics
 from shared.logs import configure_logging, get_logger
-from shared.messages import Heartbeat, Stop, Touch
+from shared.messages import MAX_REPORTED_STREAMS, Heartbeat, Stop, Touch
 from shared.s3 import make_client
 from shared.settings import Settings
 
@@ -68,6 +69,8 @@ class Worker:
             except (EOFError, OSError):
                 self.mailbox.put(_ParentGone())
                 return
+            if isinstance(message, Touch) and message.seen_at:
+                metrics.DISPATCH_SECONDS.observe(max(0.0, time.time() - message.seen_at))
             self.mailbox.put(message)
 
     def _handle(self, message: Any) -> None:
@@ -105,12 +108,18 @@ class Worker:
         if force or now - self._last_heartbeat >= HEARTBEAT_EVERY:
             self._last_heartbeat = now
             try:
-                self.heartbeats.send(Heartbeat(self.tracker.active_count() if self.tracker else 0))
+                self.heartbeats.send(self._heartbeat_message())
             except (BrokenPipeError, OSError):
                 self.alive = False
 
+    def _heartbeat_message(self) -> Heartbeat:
+        if self.tracker is None:
+            return Heartbeat(0)
+        return Heartbeat(self.tracker.active_count(),
+                         streams=self.tracker.progress(MAX_REPORTED_STREAMS),
+                         completions=tuple(self.tracker.completions))
+
     def run(self) -> int:
-        from shared import metrics
         from worker.checkpoint import CheckpointStore
         from worker.storage import Storage
         from worker.tracker import StreamTracker
@@ -146,6 +155,8 @@ class Worker:
                 except Draining:
                     break
                 metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
+                metrics.LAG_BYTES.set(self.tracker.lag_bytes())
+                metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
                 self.heartbeat()
                 if not did:
                     self.drain_mailbox(wait=self.tracker.idle_wait())

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
+from shared import metrics
 from shared.s3 import ErrorKind, StorageError, classify, describe, error_code
 
 __all__ = ["Storage", "XXH_META"]
@@ -37,9 +38,13 @@ class Storage:
 
     def _call(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
-            return fn(Bucket=self.bucket, **kwargs)
+            result = fn(Bucket=self.bucket, **kwargs)
         except Exception as exc:  # translated at the boundary
-            raise StorageError(operation, classify(exc), describe(exc)) from exc
+            kind = classify(exc)
+            metrics.S3_REQUESTS.labels(operation=operation, outcome=kind.value).inc()
+            raise StorageError(operation, kind, describe(exc)) from exc
+        metrics.S3_REQUESTS.labels(operation=operation, outcome="ok").inc()
+        return result
 
     def ensure_bucket(self, create: bool) -> None:
         """Check the bucket exists; create it when allowed and missing."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from shared import metrics
 from shared.keys import StreamKeys, new_stream_id
+from shared.messages import Completion, StreamProgress
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.timefmt import now as wall_now
@@ -48,6 +49,7 @@ class StreamTracker:
         self.bucket_ready = False
         self.bucket_failures = 0
         self.bucket_retry_at = 0.0
+        self.completions: deque[Completion] = deque(maxlen=20)
 
     # set-up
     def load(self, pending: list[Intent]) -> None:
@@ -66,6 +68,43 @@ class StreamTracker:
 
     def active_count(self) -> int:
         return sum(1 for rt in self.runtimes.values() if rt.record.status is StreamStatus.ACTIVE)
+
+    def progress(self, limit: int) -> tuple[StreamProgress, ...]:
+        """What every unfinished stream is doing, oldest first (for ``/streams``)."""
+        now = self.clock()
+        found = []
+        for rt in self.runtimes.values():
+            record = rt.record
+            if record.status is not StreamStatus.ACTIVE:
+                continue
+            idle = now - rt.last_change if rt.last_change is not None else 0.0
+            if record.end_reason is not None:
+                state = record.end_reason
+            elif rt.next_attempt > now:
+                state = "backoff"
+            elif idle >= self.settings.stream_timeout:
+                state = "finalizing"
+            else:
+                state = "growing"
+            found.append(StreamProgress(
+                stream_id=rt.stream_id, rel_path=record.rel_path, state=state,
+                bytes_on_disk=record.size, bytes_uploaded=rt.committed_bytes,
+                chunks=len(rt.chunks), started_at=record.started_at,
+                last_write_at=record.last_write_at, idle_seconds=round(idle, 3),
+                completes_in=round(max(0.0, self.settings.stream_timeout - idle), 3),
+                failures=rt.failures))
+        found.sort(key=lambda p: p.started_at)
+        return tuple(found[:limit])
+
+    def lag_bytes(self) -> int:
+        """Bytes on disk not yet uploaded, over all unfinished streams."""
+        return sum(max(0, rt.record.size - rt.committed_bytes) for rt in self.runtimes.values()
+                   if rt.record.status is StreamStatus.ACTIVE and rt.record.end_reason is None)
+
+    def oldest_age(self) -> float:
+        started = [rt.record.started_at for rt in self.runtimes.values()
+                   if rt.record.status is StreamStatus.ACTIVE]
+        return max(0.0, wall_now() - min(started)) if started else 0.0
 
     def idle_wait(self) -> float:
         """How long the loop may sleep when nothing was done."""
@@ -125,6 +164,12 @@ class StreamTracker:
             self.log.info("s3_recovered", stream_id=rt.stream_id, failures=rt.failures)
             rt.failures, rt.permanent_logged, rt.source_error_logged = 0, False, False
         if rt.record.status is StreamStatus.COMPLETE:
+            record = rt.record
+            self.completions.append(Completion(
+                stream_id=record.stream_id, rel_path=record.rel_path,
+                status=record.end_reason or "complete", total_size_bytes=rt.committed_bytes,
+                chunks=len(rt.chunks), completed_at=record.completed_at or wall_now(),
+                reopen_count=record.reopen_count))
             self._unload(rt)  # a later event for its path loads it again
         return did
 

@@ -121,6 +121,12 @@ def test_health_ready_and_metrics_endpoints(make_processor: Any, client: Any, bu
     assert "processor_upload_retries_total" in text or "processor_upload_retries" in text
     assert values["processor_active_streams"] == 0
     assert values['processor_chunk_upload_seconds_count'] == 4
+    assert values['processor_s3_requests_total{operation="put_chunk",outcome="ok"}'] == 4
+    assert values["processor_s3_ready"] == 1
+    assert values["processor_workers_alive"] == values["processor_workers_configured"] == 2
+    assert values["processor_lag_bytes"] == 0 and values["processor_oldest_stream_age_seconds"] == 0
+    assert values["processor_checkpoint_write_seconds_count"] >= 6  # 2 streams, 2 chunks, 2 ends
+    assert values["processor_dispatch_seconds_count"] >= 2
     assert "a.mp4" not in text and "stream_id" not in text  # no per-stream labels
     assert get(f"{base}/nope")[0] == 404
 

@@ -1,0 +1,104 @@
+"""``processor inspect``: the checkpoints of a stopped service, for debugging.
+
+Reads every ``worker-<i>`` LevelDB and write-ahead log under the state dir. The
+write-ahead logs are only read (a torn tail is reported, not cut); LevelDB itself
+may tidy its own log files when opened. A running service holds the LevelDB
+locks: inspect refuses then, rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import plyvel
+
+from shared.timefmt import rfc3339
+from worker.checkpoint import CheckpointStore
+from worker.process import WAL_NAME
+from worker.wal import read_records
+
+__all__ = ["inspect_state", "read_state"]
+
+
+def _pending_intents(path: Path) -> tuple[list[dict[str, Any]], int]:
+    data = path.read_bytes() if path.exists() else b""
+    records, valid = read_records(data)
+    pending: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if "done" in record:
+            pending.pop(int(record["done"]), None)
+        elif "op" in record:
+            pending[int(record["seq"])] = {"seq": record["seq"], "op": record["op"],
+                                           **record.get("f", {})}
+    return list(pending.values()), len(data) - valid
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """Everything the checkpoints say, as plain data."""
+    slots = []
+    for directory in sorted(state_dir.glob("worker-*"), key=lambda p: p.name):
+        if not (directory / "checkpoints.ldb").exists():
+            continue
+        try:
+            store = CheckpointStore(directory, create=False)
+        except plyvel.IOError as exc:
+            raise click.ClickException(
+                f"{directory}: cannot open the checkpoints ({exc}); is the service still "
+                "running? Stop it first.") from exc
+        try:
+            streams = []
+            for record in store.streams():
+                chunks = store.chunks(record.stream_id)
+                streams.append({
+                    "stream_id": record.stream_id, "rel_path": record.rel_path,
+                    "status": record.status.value, "end_reason": record.end_reason,
+                    "current": store.current_stream_id(record.rel_path) == record.stream_id,
+                    "size_seen": record.size, "chunk_size": record.chunk_size,
+                    "chunks": len(chunks), "bytes_uploaded": sum(c.size for c in chunks),
+                    "started_at": rfc3339(record.started_at),
+                    "completed_at": rfc3339(record.completed_at) if record.completed_at else None,
+                    "reopen_count": record.reopen_count,
+                    "chunks_reuploaded": record.chunks_reuploaded})
+        finally:
+            store.close()
+        pending, torn = _pending_intents(directory / WAL_NAME)
+        slots.append({"worker": directory.name, "streams": streams, "pending_intents": pending,
+                      "wal_torn_bytes": torn})
+    return {"state_dir": str(state_dir), "workers": slots}
+
+
+@click.command()
+@click.option("--state-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              envvar="PROCESSOR_STATE_DIR", default="./state", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect_state(state_dir: Path, as_json: bool) -> None:
+    """Print the checkpoints of a stopped service: streams, chunks, pending intents."""
+    state = read_state(state_dir)
+    if as_json:
+        click.echo(json.dumps(state, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for slot in state["workers"]:
+        table = Table(title=f"{slot['worker']}: {len(slot['streams'])} streams, "
+                            f"{len(slot['pending_intents'])} pending intents, "
+                            f"{slot['wal_torn_bytes']} torn WAL bytes", title_justify="left")
+        for column in ("stream", "path", "status", "chunks", "uploaded", "seen", "reopened"):
+            table.add_column(column)
+        for s in slot["streams"]:
+            status = s["status"] + (f" ({s['end_reason']})" if s["end_reason"] else "")
+            table.add_row(s["stream_id"], s["rel_path"] + ("" if s["current"] else " (old)"),
+                          status, str(s["chunks"]), str(s["bytes_uploaded"]),
+                          str(s["size_seen"]), str(s["reopen_count"]))
+        console.print(table)
+        for intent in slot["pending_intents"]:
+            console.print(f"  pending: {intent}")
+    if not state["workers"]:
+        console.print(f"no checkpoints under {state['state_dir']}")
+    sys.stdout.flush()
