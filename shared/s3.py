@@ -85,7 +85,11 @@ def make_client(settings: Settings, *, read_timeout: float = READ_TIMEOUT) -> An
         retries={"total_max_attempts": 1},
         tcp_keepalive=True,
         max_pool_connections=2,
-        s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
+        s3={"addressing_style": "path" if settings.s3_endpoint else "auto",
+            # Bodies carry our own checksum header (signed), so SigV4 need not hash
+            # every byte with SHA-256 too: ~0.8 CPU-s per GiB saved over plain http.
+            # (botocore already skips it over https when a checksum is present.)
+            "payload_signing_enabled": False},
         # We send our own CRC32 for chunk bodies; no second checksum pass by botocore.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
