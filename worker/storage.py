@@ -66,14 +66,20 @@ class Storage:
         self._call("put_chunk", self.client.put_object, Key=key, Body=data,
                    ChecksumCRC32=_crc32_b64(data), Metadata={XXH_META: xxh3_128})
 
-    def chunk_hash(self, key: str) -> tuple[int, str] | None:
-        """(size, xxh3-128) of a chunk object, or None when it does not exist."""
+    def _head(self, operation: str, key: str) -> dict[str, Any] | None:
+        """HEAD ``key``; None when it does not exist."""
         try:
-            head = self._call("head_chunk", self.client.head_object, Key=key)
+            return self._call(operation, self.client.head_object, Key=key)
         except StorageError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return None
             raise
+
+    def chunk_hash(self, key: str) -> tuple[int, str] | None:
+        """(size, xxh3-128) of a chunk object, or None when it does not exist."""
+        head = self._head("head_chunk", key)
+        if head is None:
+            return None
         return int(head["ContentLength"]), str(head.get("Metadata", {}).get(XXH_META, ""))
 
     def abort_uploads(self, key: str) -> int:
@@ -129,13 +135,8 @@ class Storage:
             raise
 
     def object_size(self, key: str) -> int | None:
-        try:
-            head = self._call("head_object", self.client.head_object, Key=key)
-        except StorageError as exc:
-            if exc.kind is ErrorKind.NOT_FOUND:
-                return None
-            raise
-        return int(head["ContentLength"])
+        head = self._head("head_object", key)
+        return None if head is None else int(head["ContentLength"])
 
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
