@@ -389,3 +389,49 @@ def test_dockerignore_keeps_build_inputs_and_drops_local_state() -> None:
         assert not ignored(src.rstrip("/")), f"{src} is excluded from the build context"
     for path in (".git", ".venv", "tests", "state", "input_files", ".env"):
         assert ignored(path), f"{path} would be sent to the Docker daemon"
+
+
+# --- Grafana ------------------------------------------------------------------------------
+
+
+def test_grafana_image_is_pinned(compose: dict[str, Any]) -> None:
+    """grafana/grafana-oss at an exact version, never a moving tag."""
+    image = compose["services"]["grafana"]["image"]
+    assert re.fullmatch(r"(docker\.io/)?grafana/grafana-oss:\d+\.\d+\.\d+", image), image
+
+
+def test_grafana_provisioning_is_mounted_read_only(compose: dict[str, Any]) -> None:
+    """deploy/grafana/provisioning is where Grafana reads provisioning, read-only."""
+    volume = _volume_at(compose["services"]["grafana"], "/etc/grafana/provisioning")
+    assert volume["type"] == "bind" and volume.get("read_only") is True
+    assert PurePosixPath(volume["source"]) == PurePosixPath("deploy/grafana/provisioning")
+    assert (ROOT / volume["source"]).is_dir()
+
+
+def test_grafana_data_is_a_declared_named_volume(compose: dict[str, Any]) -> None:
+    """Grafana's /var/lib/grafana (users, settings) lives on a declared named volume."""
+    volume = _volume_at(compose["services"]["grafana"], "/var/lib/grafana")
+    assert volume["type"] == "volume"
+    assert volume["source"] in (compose.get("volumes") or {})
+
+
+def test_grafana_admin_password_comes_from_env_with_a_placeholder(
+    compose: dict[str, Any]
+) -> None:
+    """The admin password is ${VAR:-placeholder}, not Grafana's well-known `admin`."""
+    value = _environment(compose["services"]["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+    match = _VAR.fullmatch(value)
+    assert match and match.group(2) == ":-", value
+    assert match.group(3) and match.group(3) != "admin"
+
+
+def test_every_published_port_binds_to_loopback(compose: dict[str, Any]) -> None:
+    """Published ports (Grafana's 3000 included) listen on 127.0.0.1 only."""
+    ports = {
+        name: [str(p) for p in service.get("ports") or []]
+        for name, service in compose["services"].items()
+    }
+    assert "127.0.0.1:3000:3000" in ports["grafana"]
+    for name, published in ports.items():
+        for port in published:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
