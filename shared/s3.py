@@ -84,7 +84,7 @@ def make_client(settings: Settings, *, read_timeout: float = READ_TIMEOUT) -> An
         read_timeout=read_timeout,
         retries={"total_max_attempts": 1},
         tcp_keepalive=True,
-        max_pool_connections=2,
+        max_pool_connections=10,  # part copies run 8 at a time
         s3={"addressing_style": "path" if settings.s3_endpoint else "auto",
             # Bodies carry our own checksum header (signed), so SigV4 need not hash
             # every byte with SHA-256 too: ~0.8 CPU-s per GiB saved over plain http.

@@ -28,14 +28,24 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from functools import cache
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import av
-import av.logging
+if TYPE_CHECKING:
+    import av
 
-# PyAV installs a silent FFmpeg log callback by default; set it explicitly so
-# FFmpeg never writes to stderr and the service's JSON logs stay clean.
-av.logging.set_level(None)
+
+@cache
+def _av() -> Any:
+    """PyAV, imported on first probe: it costs ~17 MB and start-up time in every worker,
+    and most of a worker's life is uploading, not probing."""
+    import av
+    import av.logging
+
+    # PyAV installs a silent FFmpeg log callback by default; set it explicitly so
+    # FFmpeg never writes to stderr and the service's JSON logs stay clean.
+    av.logging.set_level(None)
+    return av
 
 __all__ = ["MediaInfo", "probe_media"]
 
@@ -196,7 +206,7 @@ def _demux_duration(container: av.container.InputContainer) -> float | None:
                 start = packet_start
             if end is None or packet_end > end:
                 end = packet_end
-    except (av.FFmpegError, OSError):
+    except (_av().FFmpegError, OSError):
         pass  # keep what was read before the damaged part
     if start is None or end is None:
         return None
@@ -205,7 +215,7 @@ def _demux_duration(container: av.container.InputContainer) -> float | None:
 
 def _header_duration(container: av.container.InputContainer) -> float | None:
     if container.duration and container.duration > 0:
-        return container.duration / av.time_base
+        return float(container.duration / _av().time_base)
     durations = [
         float(stream.duration * stream.time_base)
         for stream in container.streams
@@ -217,7 +227,7 @@ def _header_duration(container: av.container.InputContainer) -> float | None:
 def _probe_container(path: str, scan: _BoxScan) -> MediaInfo:
     fragmented = scan.fragmented
     try:
-        container = av.open(path, mode="r")
+        container = _av().open(path, mode="r")
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors, OSError, odd input
         return _failed(f"unreadable MP4: {_short(exc)}", fragmented)
     try:
@@ -242,7 +252,7 @@ def _probe_container(path: str, scan: _BoxScan) -> MediaInfo:
 
 
 def _short(exc: BaseException) -> str:
-    if isinstance(exc, av.FFmpegError) and exc.strerror:
+    if isinstance(exc, _av().FFmpegError) and exc.strerror:
         return exc.strerror
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -12,6 +12,7 @@ import base64
 import json
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -22,10 +23,11 @@ from shared.s3 import ErrorKind, StorageError, classify, describe, error_code
 __all__ = ["Storage", "XXH_META"]
 
 XXH_META = "xxh3-128"
+COPY_CONCURRENCY = 8
 T = TypeVar("T")
 
 
-def _crc32_b64(data: bytes | memoryview) -> str:
+def _crc32_b64(data: bytes | bytearray) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
@@ -62,7 +64,7 @@ class Storage:
         except Exception as exc:
             raise StorageError("create_bucket", classify(exc), describe(exc)) from exc
 
-    def put_chunk(self, key: str, data: bytes, xxh3_128: str) -> None:
+    def put_chunk(self, key: str, data: bytes | bytearray, xxh3_128: str) -> None:
         self._call("put_chunk", self.client.put_object, Key=key, Body=data,
                    ChecksumCRC32=_crc32_b64(data), Metadata={XXH_META: xxh3_128})
 
@@ -115,24 +117,36 @@ class Storage:
             return
         upload_id = self._call("create_multipart_upload", self.client.create_multipart_upload,
                                Key=key)["UploadId"]
+
+        def copy(number: int, chunk_key: str) -> dict[str, Any]:
+            result = self._call(
+                "upload_part_copy", self.client.upload_part_copy, Key=key,
+                UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": chunk_key})
+            return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
+
+        # Part copies are independent server-side requests: a few at a time, or a
+        # long recording's assembly is hundreds of round trips back to back.
+        pool = ThreadPoolExecutor(max_workers=min(COPY_CONCURRENCY, len(chunk_keys)),
+                                  thread_name_prefix="part-copy")
         try:
+            futures = [pool.submit(copy, n, k) for n, k in enumerate(chunk_keys, start=1)]
             parts = []
-            for number, chunk_key in enumerate(chunk_keys, start=1):
-                result = self._call(
-                    "upload_part_copy", self.client.upload_part_copy, Key=key,
-                    UploadId=upload_id, PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": chunk_key})
-                parts.append({"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]})
-                on_part()
+            for future in futures:
+                parts.append(future.result())
+                on_part()  # heartbeat and drain check, on this (the loop's) thread
             self._call("complete_multipart_upload", self.client.complete_multipart_upload,
                        Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                    UploadId=upload_id)
             except Exception:
                 pass  # the WAL intent makes recovery abort it
             raise
+        finally:
+            pool.shutdown(wait=True)
 
     def object_size(self, key: str) -> int | None:
         head = self._head("head_object", key)
