@@ -11,10 +11,17 @@ import secrets
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-__all__ = ["StreamKeys", "new_stream_id", "MAX_STEM_CHARS"]
+__all__ = ["StreamKeys", "new_stream_id", "key_text", "MAX_STEM_CHARS"]
 
 MAX_STEM_CHARS = 100  # keeps keys well under S3's 1024-byte limit for long names
 _CHUNK_KEY = re.compile(r"/chunks/(\d{6,})$")
+
+
+def key_text(rel_path: str) -> str:
+    """``rel_path`` as valid UTF-8 text for keys and metadata: a file name that is not
+    valid UTF-8 keeps its odd bytes as ``\\xNN`` escapes (the path itself, with its
+    raw bytes, stays the checkpoint's and the router's key)."""
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def new_stream_id(rel_path: str) -> str:
@@ -23,7 +30,7 @@ def new_stream_id(rel_path: str) -> str:
     The random suffix makes ids unique across lineages of the same path (a file
     replaced or truncated starts a new stream); the checkpoint keeps it stable.
     """
-    name = PurePosixPath(rel_path).name
+    name = PurePosixPath(key_text(rel_path)).name
     stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
     return f"{stem[:MAX_STEM_CHARS]}-{secrets.token_hex(4)}"
 
@@ -44,7 +51,7 @@ class StreamKeys:
     @property
     def prefix(self) -> str:
         """``P``: the folder holding all of this stream's objects."""
-        parent = str(PurePosixPath(self.rel_path).parent)
+        parent = str(PurePosixPath(key_text(self.rel_path)).parent)
         pieces = [self.s3_prefix.strip("/"), "" if parent == "." else parent, self.stream_id]
         return "/".join(p for p in pieces if p)
 
@@ -61,7 +68,7 @@ class StreamKeys:
     @property
     def final_object(self) -> str:
         """The assembled object, named as the source file."""
-        return f"{self.prefix}/{PurePosixPath(self.rel_path).name}"
+        return f"{self.prefix}/{PurePosixPath(key_text(self.rel_path)).name}"
 
     @property
     def metadata(self) -> str:

@@ -15,7 +15,7 @@ __all__ = [
     "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
     "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES", "S3_REQUESTS", "LAG_BYTES",
     "OLDEST_STREAM_AGE", "S3_READY", "WORKERS_ALIVE", "WORKERS_CONFIGURED",
-    "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS",
+    "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS", "SOURCE_ERRORS", "MEDIA_ERRORS",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -67,6 +67,11 @@ CHECKPOINT_WRITE_SECONDS = Histogram(
 DISPATCH_SECONDS = Histogram(
     "processor_dispatch_seconds", "From a file event seen by the supervisor to its worker "
     "receiving it.", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+SOURCE_ERRORS = Counter(
+    "processor_source_errors", "Attempts that could not read a source file (e.g. permissions).")
+MEDIA_ERRORS = Counter(
+    "processor_media_errors", "Streams completed whose file is not a readable MP4 "
+    "(uploaded all the same, with media_error in metadata.json).")
 WAL_TRUNCATED_BYTES = Counter(
     "processor_wal_truncated_bytes", "Bytes cut from torn or corrupt write-ahead-log tails.")
 

@@ -6,11 +6,15 @@ read) whose extension matches and no part of whose path starts with ``.``.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["relative_stream_path", "scan_streams"]
+__all__ = ["relative_stream_path", "scan_streams", "open_beneath", "lstat_beneath"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def relative_stream_path(
@@ -42,3 +46,54 @@ def scan_streams(watch_dir: Path, extensions: tuple[str, ...], recursive: bool) 
             rel = relative_stream_path(watch_dir, os.path.join(root, name), extensions, recursive)
             if rel is not None:
                 yield rel
+
+
+def _parent_fd(watch_dir: Path, parts: list[str]) -> int:
+    """A descriptor for the directory holding ``parts[-1]``, reached from ``watch_dir``
+    one component at a time with ``O_NOFOLLOW``: that flag alone guards only the last
+    component, and a parent directory swapped for a symlink would lead outside."""
+    fd = os.open(watch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def _symlinks_read_as_absent(rel_path: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FileNotFoundError(errno.ENOENT, "symlink on the path", rel_path) from exc
+        raise
+
+
+def open_beneath(watch_dir: Path, rel_path: str) -> int:
+    """A read-only descriptor for the file at ``rel_path`` under ``watch_dir``, through
+    no symlink (a symlink on the way reads as absent). Non-blocking open, so a FIFO
+    swapped in cannot hang the worker."""
+    parts = rel_path.split("/")
+    with _symlinks_read_as_absent(rel_path):
+        parent = _parent_fd(watch_dir, parts)
+        try:
+            return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                           dir_fd=parent)
+        finally:
+            os.close(parent)
+
+
+def lstat_beneath(watch_dir: Path, rel_path: str) -> os.stat_result:
+    """``lstat`` of ``rel_path`` under ``watch_dir``, through no symlink."""
+    parts = rel_path.split("/")
+    with _symlinks_read_as_absent(rel_path):
+        parent = _parent_fd(watch_dir, parts)
+        try:
+            return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)

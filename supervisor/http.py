@@ -67,7 +67,7 @@ class StatusServer:
                     metrics.S3_READY.set(1 if outer.probe.check()[0] else 0)
                     self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/streams":
-                    body = json.dumps(outer.snapshot(), ensure_ascii=False).encode()
+                    body = json.dumps(outer.snapshot()).encode()  # ASCII: odd names survive
                     self._reply(200, body, "application/json")
                 elif self.path == "/healthz":
                     ok, detail = outer.healthy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.keys import StreamKeys
+from shared.keys import StreamKeys, key_text
 from shared.timefmt import rfc3339
 from worker.checkpoint import ChunkRecord, StreamRecord
 from worker.media import MediaInfo
@@ -29,7 +29,7 @@ def build_metadata(
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "stream_id": record.stream_id,
-        "source_path": record.rel_path,
+        "source_path": key_text(record.rel_path),
         "status": status,
         "total_size_bytes": total,
         "chunk_size": record.chunk_size,

@@ -18,6 +18,7 @@ from typing import Any
 from shared import metrics
 from shared.keys import StreamKeys, new_stream_id
 from shared.messages import Completion, StreamProgress
+from shared.paths import lstat_beneath
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.timefmt import now as wall_now
@@ -116,7 +117,10 @@ class StreamTracker:
         did = False
         touched, self.touched = self.touched, set()
         for rel_path in touched:
-            self._look_at(rel_path)
+            try:
+                self._look_at(rel_path)
+            except Exception as exc:  # one odd path must never take the worker down
+                self.log.exception("path_failed", rel_path=rel_path, error=repr(exc))
         if not self._ensure_bucket():
             return False
         while self.orphan_intents:
@@ -143,6 +147,7 @@ class StreamTracker:
             self._failed(rt, exc.kind, exc.operation, exc.detail)
             return True
         except SourceError as exc:
+            metrics.SOURCE_ERRORS.inc()
             if not rt.source_error_logged:
                 self.log.error("source_unreadable", stream_id=rt.stream_id,
                                rel_path=rt.record.rel_path, error=str(exc))
@@ -211,7 +216,7 @@ class StreamTracker:
                 pass  # reported by the attempt that needs the file
             return
         try:
-            st = os.lstat(self.settings.watch_dir / rel_path)
+            st = lstat_beneath(self.settings.watch_dir, rel_path)
         except OSError:
             return  # vanished before it was read, or not reachable: nothing to do
         if stat.S_ISREG(st.st_mode):
@@ -220,7 +225,7 @@ class StreamTracker:
     def _observe(self, rt: StreamRuntime) -> None:
         record = rt.record
         try:
-            st: os.stat_result | None = os.lstat(self.settings.watch_dir / record.rel_path)
+            st: os.stat_result | None = lstat_beneath(self.settings.watch_dir, record.rel_path)
         except FileNotFoundError:
             st = None
         except OSError as exc:

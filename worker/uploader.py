@@ -18,6 +18,7 @@ from typing import Any
 import xxhash
 
 from shared import metrics
+from shared.paths import lstat_beneath, open_beneath
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.timefmt import now
@@ -42,20 +43,27 @@ class SourceChanged(Exception):
     """The file changed under us (grew, shrank, replaced): observe again, no failure."""
 
 
-def _read_range(path: Path, ino: int, offset: int, size: int,
-                into: bytearray | None = None) -> bytes | bytearray:
-    """Read ``size`` bytes at ``offset`` of the file with inode ``ino``, never via a symlink;
-    into the reusable buffer ``into`` when given (its length must be ``size``)."""
+def _open_source(watch_dir: Path, rel_path: str, ino: int) -> int:
+    """A descriptor for the stream's file (inode ``ino``), reached through no symlink."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_beneath(watch_dir, rel_path)
     except FileNotFoundError as exc:
         raise SourceChanged("file vanished") from exc
     except OSError as exc:
         raise SourceError(f"cannot open source: {exc.strerror}") from exc
+    st = os.fstat(fd)
+    if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SourceChanged("file replaced")
+    return fd
+
+
+def _read_range(watch_dir: Path, rel_path: str, ino: int, offset: int, size: int,
+                into: bytearray | None = None) -> bytes | bytearray:
+    """Read ``size`` bytes at ``offset`` of the file with inode ``ino``, never via a symlink;
+    into the reusable buffer ``into`` when given (its length must be ``size``)."""
+    fd = _open_source(watch_dir, rel_path, ino)
     try:
-        st = os.fstat(fd)
-        if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
-            raise SourceChanged("file replaced")
         if into is None:
             data: bytes | bytearray = os.pread(fd, size, offset)
             read = len(data)
@@ -88,11 +96,13 @@ class Uploader:
         """A chunk's bytes. Full chunks are read into one reused buffer: allocating (and
         page-faulting) 10 MiB per chunk cost a quarter of the worker's CPU. The buffer is
         valid until the next read; boto3 sends a bytearray as it is."""
-        if size != rt.record.chunk_size:
-            return _read_range(self.source_path(rt), rt.record.ino, offset, size)
+        record = rt.record
+        if size != record.chunk_size:
+            return _read_range(self.settings.watch_dir, record.rel_path, record.ino, offset, size)
         if len(self._buffer) != size:
             self._buffer = bytearray(size)
-        return _read_range(self.source_path(rt), rt.record.ino, offset, size, self._buffer)
+        return _read_range(self.settings.watch_dir, record.rel_path, record.ino, offset, size,
+                           self._buffer)
 
     def _intend(self, op: str, stream_id: str, index: int, **fields: Any) -> Intent:
         """Log an intent; one left open by a failed attempt of the same effect is
@@ -108,9 +118,6 @@ class Uploader:
     def _done(self, intent: Intent) -> None:
         self._open.pop((intent.stream_id, intent.op, int(intent.fields.get("index", -1))), None)
         self.wal.done(intent)
-
-    def source_path(self, rt: StreamRuntime) -> Path:
-        return self.settings.watch_dir / rt.record.rel_path
 
     # chunks
     def upload_chunk(self, rt: StreamRuntime, index: int, size: int,
@@ -168,7 +175,6 @@ class Uploader:
         """Tail, verify, assemble, probe, write metadata.json; raises SourceChanged when
         the file moved on, which simply sends the stream back to being watched."""
         record = rt.record
-        path = self.source_path(rt)
         if record.end_reason is None:
             self._check_unchanged(rt)
             for span in completion_spans(len(rt.chunks), record.size, record.chunk_size):
@@ -176,7 +182,7 @@ class Uploader:
                 self.pulse()
             self._verify(rt)
             self._check_unchanged(rt)
-            media = probe_media(path)
+            media = self._probe(rt)
             status = "complete"
         else:
             media = MediaInfo(None, None, None, None, None,
@@ -196,18 +202,29 @@ class Uploader:
                                   completed_at=completed_at, object_key=object_key)
         self.storage.put_json(rt.keys.metadata, document)
         self.store.save_stream(record)
-        if not self.settings.keep_chunks:
+        if not self.settings.keep_chunks and object_key is not None:  # else they are the data
             self.storage.delete_keys([rt.keys.chunk(c.index) for c in rt.chunks])
         metrics.STREAMS_COMPLETED.labels(status=status).inc()
         self.log.info("stream_completed", stream_id=record.stream_id, rel_path=record.rel_path,
                       status=status, total_size_bytes=document["total_size_bytes"],
                       chunks=len(rt.chunks), chunks_reuploaded=record.chunks_reuploaded,
                       media_duration_seconds=document["media_duration_seconds"],
-                      reopen_count=record.reopen_count)
+                      media_error=document.get("media_error"), reopen_count=record.reopen_count)
+        if document.get("media_error"):
+            metrics.MEDIA_ERRORS.inc()
+
+    def _probe(self, rt: StreamRuntime) -> MediaInfo:
+        """Probe through a descriptor opened beneath the watch dir, so PyAV, which opens
+        paths itself, reads exactly the verified file and nothing outside."""
+        fd = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
+        try:
+            return probe_media(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
 
     def _check_unchanged(self, rt: StreamRuntime) -> None:
         try:
-            st = os.lstat(self.source_path(rt))
+            st = lstat_beneath(self.settings.watch_dir, rt.record.rel_path)
         except FileNotFoundError as exc:
             raise SourceChanged("file vanished") from exc
         if (st.st_ino, st.st_size, st.st_mtime_ns) != (rt.record.ino, rt.record.size,
