@@ -1,0 +1,96 @@
+"""A recording of more chunks than one multipart upload may have parts (S3: 10,000).
+
+The service has no option for the limit, and 10,001 chunks of 5 MiB is 49 GiB, so
+the real processes get a lower limit injected from outside the service:
+``_inject/sitecustomize.py`` (on PYTHONPATH, so the supervisor and every spawned
+worker run it) sets ``worker.planning.MAX_PARTS`` from ``VSP_TEST_MAX_PARTS``
+before ``worker.uploader`` imports it. The README's promise under test: such a
+file keeps its chunks and gets a metadata.json with ``object_key: null``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.badinput.support import Service, service, wait_until
+from tests.e2e.harness import check_stream, read_object, wait_for_metadata
+from tests.support.s3server import S3Endpoint
+
+pytestmark = pytest.mark.timeout(240)
+
+CHUNK = 5 << 20
+LIMIT = 2
+INJECT = str(Path(__file__).with_name("_inject"))
+
+
+def test_the_real_limit_is_s3s() -> None:
+    """What the injection lowers: the one constant both planning and the uploader use."""
+    import worker.planning
+    import worker.uploader
+
+    assert worker.planning.MAX_PARTS == 10_000
+    assert worker.uploader.MAX_PARTS == worker.planning.MAX_PARTS
+
+
+@contextlib.contextmanager
+def limited(workdir: Path, s3: S3Endpoint, extra: list[str] | None = None) -> Iterator[Service]:
+    """A processor whose processes believe S3 allows ``LIMIT`` parts per upload."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VSP_TEST_MAX_PARTS", str(LIMIT))
+        mp.setenv("PYTHONPATH", os.pathsep.join(
+            [INJECT, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        with service(workdir, s3, workers=1, extra=extra) as svc:
+            mp.undo()  # the processor has its environment; keep it out of this process
+            yield svc
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, s3: S3Endpoint) -> Iterator[Service]:
+    with limited(tmp_path_factory.mktemp("parts"), s3) as running:
+        yield running
+
+
+def write(svc: Service, name: str, size: int) -> bytes:
+    data = os.urandom(size)
+    (svc.watch_dir / name).write_bytes(data)
+    return data
+
+
+def test_file_at_the_part_limit_is_assembled(svc: Service) -> None:
+    data = write(svc, "at-limit.mp4", LIMIT * CHUNK)
+    doc = wait_for_metadata(svc.client, svc.bucket, "at-limit.mp4", processor=svc.processor)
+    check_stream(svc.client, svc.bucket, doc, data)
+    assert len(doc["chunks"]) == LIMIT
+
+
+def test_file_beyond_the_part_limit_keeps_its_chunks_and_says_so(svc: Service) -> None:
+    data = write(svc, "beyond.mp4", LIMIT * CHUNK + 1000)
+    doc = wait_for_metadata(svc.client, svc.bucket, "beyond.mp4", processor=svc.processor)
+    assert doc["status"] == "complete" and doc["object_key"] is None
+    assert len(doc["chunks"]) == LIMIT + 1 and doc["total_size_bytes"] == len(data)
+    for c in doc["chunks"]:  # every byte is in S3, in the chunks metadata lists
+        assert read_object(svc.client, svc.bucket, c["key"]) == \
+            data[c["offset"]:c["offset"] + c["size"]]
+    prefix = doc["chunks"][0]["key"].rsplit("/chunks/", 1)[0]
+    assert f"{prefix}/beyond.mp4" not in svc.object_keys()  # no half-assembled object
+    (event,) = svc.events("assembly_impossible", stream_id=doc["stream_id"])
+    assert event["chunks"] == LIMIT + 1 and event["max_parts"] == LIMIT
+    assert not svc.events("stream_failed")
+
+
+def test_file_beyond_the_part_limit_keeps_its_chunks_without_keep_chunks(
+        tmp_path: Path, s3: S3Endpoint) -> None:
+    with limited(tmp_path, s3, extra=["--no-keep-chunks"]) as svc:
+        data = write(svc, "beyond.mp4", LIMIT * CHUNK + 1000)
+        doc = wait_for_metadata(svc.client, svc.bucket, "beyond.mp4", processor=svc.processor)
+        assert doc["object_key"] is None
+        wait_until(lambda: svc.events("stream_completed"), 30, "stream_completed")
+        for c in doc["chunks"]:
+            assert c["key"] in svc.object_keys(), f"{c['key']} deleted: its bytes are gone"
+            assert read_object(svc.client, svc.bucket, c["key"]) == \
+                data[c["offset"]:c["offset"] + c["size"]]
