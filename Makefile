@@ -33,6 +33,8 @@ system-deps:
 
 # Side-by-side benchmark against awscli, rclone and a boto3 loop (docs/BENCHMARKS.md).
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	command -v rclone >/dev/null || apt-get install -y -q rclone || echo "rclone unavailable: that baseline is skipped"
 	$(PY) bench/run.py
 
 bench-smoke: $(VENV)/.installed
