@@ -30,7 +30,8 @@ from supervisor.http import BucketProbe, StatusServer
 from supervisor.migration import rebalance
 from supervisor.slots import WorkerSlot
 from supervisor.watcher import start_observer
-from worker.process import EXIT_STATE_UNAVAILABLE
+from worker.durability import StateWriteError
+from worker.process import EXIT_STATE_UNAVAILABLE, EXIT_STATE_WRITE_FAILED
 
 __all__ = ["Supervisor", "State", "EXIT_FORCED", "EXIT_WORKERS_FAILING"]
 
@@ -51,8 +52,9 @@ class State(enum.Enum):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, early_signals: list[int] | None = None) -> None:
         self.settings = settings
+        self.early_signals = early_signals if early_signals is not None else []
         self.log = get_logger()
         self.inbox = Inbox()
         self.slots = [WorkerSlot(i) for i in range(settings.workers)]
@@ -66,8 +68,14 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        for early in self.early_signals:  # arrived before the handlers above existed
+            self.inbox.put(SignalReceived(early))
         metrics.WORKERS_CONFIGURED.set(len(self.slots))
-        moved = rebalance(self.settings, self.log)
+        try:
+            moved = rebalance(self.settings, self.log)
+        except (Exception, StateWriteError) as exc:  # locked by an orphan, disk full, corrupt
+            self.log.error("checkpoint_migration_failed", error=str(exc))
+            return EXIT_WORKERS_FAILING
         if moved:
             self.log.info("checkpoints_rebalanced", moved=moved, workers=self.settings.workers)
         if self.settings.metrics_port:
@@ -203,7 +211,9 @@ class Supervisor:
             self.exit_code = EXIT_WORKERS_FAILING
             self.handle_drain("worker_failing")
             return
-        delay = min(30.0, 0.5 * 2 ** slot.quick_failures) if slot.quick_failures else 0.0
+        if code == EXIT_STATE_WRITE_FAILED:  # disk full: retry, slowly, until there is room
+            slot.quick_failures = max(slot.quick_failures, 1)
+        delay = min(30.0, 0.5 * 2 ** min(slot.quick_failures, 8)) if slot.quick_failures else 0.0
         slot.restart_at = now + delay
 
     def _check_heartbeat(self, slot: WorkerSlot, now: float) -> None:

@@ -23,6 +23,7 @@ import plyvel
 
 from shared import metrics
 from shared.routing import path_bytes
+from worker.durability import state_write
 
 __all__ = ["StreamStatus", "ChunkRecord", "StreamRecord", "CheckpointStore"]
 
@@ -101,8 +102,10 @@ def _path_key(rel_path: str) -> bytes:
 
 @contextmanager
 def _timed() -> Iterator[None]:
+    """A synchronous write: timed, and fatal to the worker if it fails."""
     started = time.perf_counter()
-    yield
+    with state_write("checkpoint write"):
+        yield
     metrics.CHECKPOINT_WRITE_SECONDS.observe(time.perf_counter() - started)
 
 

@@ -21,11 +21,14 @@ from shared.logs import configure_logging, get_logger
 from shared.messages import MAX_REPORTED_STREAMS, Heartbeat, Stop, Touch
 from shared.s3 import make_client
 from shared.settings import Settings
+from worker.durability import StateWriteError, is_disk_full
 
-__all__ = ["run_worker", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "Draining"]
+__all__ = ["run_worker", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "EXIT_STATE_WRITE_FAILED",
+           "Draining"]
 
 EXIT_OK = 0
-EXIT_STATE_UNAVAILABLE = 3  # the LevelDB or WAL cannot be opened: restarting will not help
+EXIT_STATE_UNAVAILABLE = 3   # the LevelDB or WAL cannot be opened (locked, corrupt)
+EXIT_STATE_WRITE_FAILED = 4  # a state write failed (disk full): restart once there is room
 HEARTBEAT_EVERY = 1.0
 WAL_NAME = "intents.wal"
 
@@ -130,9 +133,10 @@ class Worker:
         try:
             store = CheckpointStore(directory)
             wal = WriteAheadLog(directory / WAL_NAME)
-        except Exception as exc:  # plyvel.IOError (locked), corruption, disk errors
-            self.log.error("state_unavailable", directory=str(directory), error=str(exc))
-            return EXIT_STATE_UNAVAILABLE
+        except (Exception, StateWriteError) as exc:  # locked, corrupt, or no room to recover
+            self.log.error("state_unavailable", directory=str(directory), error=str(exc),
+                           disk_full=is_disk_full(exc))
+            return EXIT_STATE_WRITE_FAILED if is_disk_full(exc) else EXIT_STATE_UNAVAILABLE
         if wal.truncated_bytes:
             metrics.WAL_TRUNCATED_BYTES.inc(wal.truncated_bytes)
             self.log.warning("wal_tail_truncated", bytes=wal.truncated_bytes, path=str(wal.path))
@@ -145,6 +149,7 @@ class Worker:
         self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
                       pending_intents=len(pending))
         self.heartbeat(force=True)
+        code = EXIT_OK
         try:
             while self.alive:
                 self.drain_mailbox()
@@ -153,6 +158,11 @@ class Worker:
                 try:
                     did = self.tracker.step()
                 except Draining:
+                    break
+                except StateWriteError as exc:
+                    self.log.error("state_write_failed", error=str(exc),
+                                   disk_full=is_disk_full(exc.__cause__ or exc))
+                    code = EXIT_STATE_WRITE_FAILED
                     break
                 metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
                 metrics.LAG_BYTES.set(self.tracker.lag_bytes())
@@ -165,9 +175,12 @@ class Worker:
                     break
         finally:
             store.close()
-            wal.close()
-        self.log.info("worker_exited", slot=self.slot, code=EXIT_OK)
-        return EXIT_OK
+            try:
+                wal.close()
+            except OSError:
+                pass  # a buffered tail that cannot be written is cut on the next open
+        self.log.info("worker_exited", slot=self.slot, code=code)
+        return code
 
 
 def run_worker(slot: int, commands: Connection, heartbeats: Connection,

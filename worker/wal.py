@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.durability import state_write
+
 __all__ = ["Intent", "WriteAheadLog", "read_records", "MAX_RECORD"]
 
 _HEADER = struct.Struct("<II")
@@ -147,7 +149,7 @@ class WriteAheadLog:
         """Atomically replace the log with only ``keep`` (compaction, migration)."""
         keep = sorted(keep, key=lambda i: i.seq)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with state_write("write-ahead log rewrite"), open(tmp, "wb") as f:
             f.write(_frame({"seq": self._next_seq - 1}))  # keeps numbering monotonic
             for intent in keep:
                 f.write(_frame({"seq": intent.seq, "op": intent.op, "f": intent.fields}))
@@ -163,7 +165,8 @@ class WriteAheadLog:
         self._file.close()
 
     def _append(self, payload: dict[str, Any], *, sync: bool) -> None:
-        self._file.write(_frame(payload))
-        self._file.flush()
-        if sync:
-            os.fsync(self._file.fileno())
+        with state_write("write-ahead log append"):
+            self._file.write(_frame(payload))
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
