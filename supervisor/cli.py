@@ -218,8 +218,11 @@ def _subcommands() -> dict[str, click.Command]:
     return {"status": status, "inspect": inspect_state}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+    """Run the service (or a subcommand). ``early_signals`` collects signals that
+    arrived before the supervisor's handlers exist (see ``supervisor.entry``)."""
     argv = sys.argv[1:] if argv is None else argv
+    early_signals = [] if early_signals is None else early_signals
     if argv and argv[0] in ("status", "inspect"):
         command = _subcommands()[argv[0]]
         return int(command.main(args=argv[1:], prog_name=f"processor {argv[0]}",
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     if not isinstance(settings, Settings):
         return settings
+    if early_signals:
+        return 0  # stopped before anything started: nothing to drain
     # prometheus_client reads this at import: set it before anything imports metrics.
     metrics_dir = tempfile.mkdtemp(prefix="processor-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_logging(settings.log_level, settings.log_format, process="supervisor",
                           pid=os.getpid())
-        return Supervisor(settings).run()
+        return Supervisor(settings, early_signals).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
