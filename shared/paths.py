@@ -14,7 +14,8 @@ from pathlib import Path
 
 __all__ = ["relative_stream_path", "scan_streams", "open_beneath", "lstat_beneath"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_PATH: walking a directory neither reads it nor fires inotify open/close events.
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def relative_stream_path(
@@ -52,7 +53,7 @@ def _parent_fd(watch_dir: Path, parts: list[str]) -> int:
     """A descriptor for the directory holding ``parts[-1]``, reached from ``watch_dir``
     one component at a time with ``O_NOFOLLOW``: that flag alone guards only the last
     component, and a parent directory swapped for a symlink would lead outside."""
-    fd = os.open(watch_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(watch_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
             child = os.open(part, _DIR_FLAGS, dir_fd=fd)

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import time
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -15,7 +25,11 @@ from supervisor.events import DirectoryChanged, Inbox, PathChanged
 
 __all__ = ["start_observer"]
 
-# Our own reads of the files trigger these: they never mean new bytes.
+# What may mean new bytes or a new file. watchdog builds the inotify mask from this,
+# so opens and closes-without-write (the workers' own reads, every few hundred ms per
+# stream) are dropped by the kernel instead of waking the observer thread.
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent,
+           FileClosedEvent, DirCreatedEvent, DirMovedEvent]
 _IGNORED = {"opened", "closed_no_write"}
 
 
@@ -41,7 +55,8 @@ class _ToInbox(FileSystemEventHandler):
 def start_observer(settings: Settings, inbox: Inbox) -> BaseObserver:
     """inotify by default; polling (``--poll``) for network and bind-mounted filesystems."""
     observer: BaseObserver = PollingObserver(timeout=1.0) if settings.poll else Observer()
-    observer.schedule(_ToInbox(inbox), str(settings.watch_dir), recursive=settings.recursive)
+    observer.schedule(_ToInbox(inbox), str(settings.watch_dir), recursive=settings.recursive,
+                      event_filter=_EVENTS)
     observer.daemon = True
     observer.start()
     return observer
