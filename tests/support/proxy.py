@@ -24,14 +24,43 @@ Fault-injection extension point: :meth:`RecordingProxy.before_forward` (or
 the ``on_request`` callable) runs in the connection's thread after a request
 head was parsed and before any of its bytes are sent upstream.  It may sleep
 (delay) or raise (both sockets are closed, the request is not recorded).
+
+Built-in faults (:meth:`RecordingProxy.set_faults`, thread-safe, changeable at
+any time; random choices come from a seeded RNG):
+
+- ``refuse``: close every accepted connection at once (nothing reaches the
+  server); :meth:`stop_listening` / :meth:`resume_listening` instead make the
+  port refuse connections at the TCP level;
+- :meth:`stall`: for N seconds, accept connections and read requests but
+  forward nothing; each held connection is dropped when the stall ends;
+- ``latency``: seconds added before each request is forwarded;
+- ``response_delay``: seconds the server's response head is held before it is
+  relayed (the server has done the work, the client does not know yet);
+- ``reset_share``: that share of requests with a body are forwarded in part,
+  then both connections are reset (RST, ``SO_LINGER`` 0);
+- ``error_share`` / ``error_status``: that share of requests is answered by
+  the proxy itself with 503 ``SlowDown`` or 500 ``InternalError`` (a proper S3
+  XML error body, ``Connection: close``) and never forwarded.
+
+``match`` limits the per-request faults (latency, delay, reset, error) to requests
+it returns True for.  Each injected fault is kept as an :class:`InjectedFault`
+(:meth:`injected`, :meth:`fault_counts`); requests answered by the proxy or
+held in a stall are *not* request records, since the server never saw them.
+A record's ``complete`` says whether its whole body was forwarded (a request
+reset mid-body, or whose client died mid-body, has ``complete=False``), and
+``started_at`` / ``answered_at`` (``time.monotonic()``) say when its head
+arrived and when its response head was relayed to the client.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 import socket
+import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +70,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import _httpwire as wire
 
-__all__ = ["RecordingProxy", "RequestHead", "RequestRecord"]
+__all__ = ["RecordingProxy", "RequestHead", "RequestRecord", "Faults", "InjectedFault"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,9 @@ class RequestRecord:
     body_size: int
     status: int | None
     crc32_ok: bool | None
+    complete: bool = False
+    started_at: float = 0.0
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,15 +108,84 @@ class RequestHead:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Faults:
+    """What the proxy injects (see the module doc). The default injects nothing."""
+
+    refuse: bool = False
+    latency: float = 0.0
+    reset_share: float = 0.0
+    error_share: float = 0.0
+    error_status: int = 503
+    response_delay: float = 0.0
+    match: Callable[[RequestHead], bool] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("reset_share", "error_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.latency < 0 or self.response_delay < 0:
+            raise ValueError("latency and response_delay must be >= 0")
+        if self.error_status not in _ERRORS:
+            raise ValueError(f"error_status must be one of {sorted(_ERRORS)}")
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """One fault the proxy injected: ``kind`` is refused, stalled, latency,
+    delayed_response, reset or error; ``method``/``path`` are empty when no
+    request head was read."""
+
+    kind: str
+    at: float
+    method: str = ""
+    path: str = ""
+    query: dict[str, str] = dataclasses.field(default_factory=dict)
+    status: int | None = None
+
+
+_ERRORS = {
+    503: ("Slow Down", "SlowDown", "Please reduce your request rate."),
+    500: ("Internal Server Error", "InternalError",
+          "We encountered an internal error. Please try again."),
+}
+
+
+def _s3_error(status: int, method: str, resource: str, request_id: str) -> bytes:
+    reason, code, message = _ERRORS[status]
+    body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<Resource>{_xml_escape(resource)}</Resource>"
+            f"<RequestId>{request_id}</RequestId><HostId>recording-proxy</HostId></Error>"
+            ).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nx-amz-request-id: {request_id}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    return head if method == "HEAD" else head + body
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class _Abort(Exception):
-    """``before_forward`` raised: the connection is dropped on purpose."""
+    """``before_forward`` raised, or a fault was injected: the connection is
+    dropped on purpose."""
+
+
+class _Reset(Exception):
+    """Cut the request body here and reset both connections."""
 
 
 class RecordingProxy:
     """Threaded transparent HTTP/1.1 proxy on 127.0.0.1 in front of ``upstream``."""
 
     def __init__(
-        self, upstream: str, on_request: Callable[[RequestHead], None] | None = None
+        self,
+        upstream: str,
+        on_request: Callable[[RequestHead], None] | None = None,
+        *,
+        seed: int = 0,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -99,19 +200,92 @@ class RecordingProxy:
         self._threads: list[threading.Thread] = []
         self._connections = 0
         self._listener: socket.socket | None = None
+        self._port = 0
+        self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._faults = Faults()
+        self._stall_until = 0.0
+        self._rng = random.Random(seed)
+        self._injected: list[InjectedFault] = []
 
     @property
     def url(self) -> str:
-        if self._listener is None:
+        if not self._port:
             raise RuntimeError("proxy not started")
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"http://127.0.0.1:{self._port}"
 
     def start(self) -> RecordingProxy:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)  # lets the accept loop notice stop()
-        self._spawn(self._accept_loop)
+        self._listen()
         return self
+
+    def _listen(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self._port))
+        listener.settimeout(0.2)  # lets the accept loop notice stop()
+        self._port = listener.getsockname()[1]
+        with self._lock:
+            self._listener = listener
+        self._acceptor = self._spawn(self._accept_loop, listener)
+
+    def stop_listening(self) -> None:
+        """Close the listening socket: new connections are refused by the kernel
+        (connections already accepted carry on)."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # Linux: stops listening, wakes accept()
+            except OSError:
+                pass
+            if self._acceptor is not None and self._acceptor is not threading.current_thread():
+                self._acceptor.join(timeout=5)  # no accept() may still hold the socket open
+            listener.close()
+
+    def resume_listening(self) -> None:
+        """Listen again on the same port after :meth:`stop_listening`."""
+        if self._stopping.is_set():
+            raise RuntimeError("proxy stopped")
+        with self._lock:
+            if self._listener is not None:
+                return
+        self._listen()
+
+    # -- faults -------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+        """Replace the fault plan (``faults``), or change some of its fields."""
+        with self._lock:
+            self._faults = dataclasses.replace(faults or self._faults, **changes)
+            return self._faults
+
+    def clear_faults(self) -> None:
+        """Inject nothing from now on (ends a stall too)."""
+        with self._lock:
+            self._faults = Faults()
+            self._stall_until = 0.0
+
+    def stall(self, seconds: float) -> None:
+        """Black-hole: for ``seconds`` from now, forward nothing; every connection
+        or request that arrives meanwhile is held, then dropped when it ends."""
+        with self._lock:
+            self._stall_until = time.monotonic() + seconds
+
+    def seed(self, seed: int) -> None:
+        with self._lock:
+            self._rng = random.Random(seed)
+
+    def injected(self) -> list[InjectedFault]:
+        with self._lock:
+            return list(self._injected)
+
+    def fault_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for fault in self.injected():
+            counts[fault.kind] = counts.get(fault.kind, 0) + 1
+        return counts
 
     def stop(self) -> None:
         """Close the listener and every live connection, join all threads."""
@@ -122,8 +296,7 @@ class RecordingProxy:
             _close(s)
         for t in threads:
             t.join(timeout=5)
-        if self._listener is not None:
-            self._listener.close()
+        self.stop_listening()
 
     def __enter__(self) -> RecordingProxy:
         return self.start()
@@ -206,13 +379,17 @@ class RecordingProxy:
                 if isinstance(s, socket.socket):
                     _close(s)
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                with self._lock:
+                    if self._listener is not listener:
+                        return  # stop_listening()
+                raise
             client.settimeout(None)
             with self._lock:
                 self._connections += 1
@@ -220,9 +397,39 @@ class RecordingProxy:
                 self._socks.add(client)
             self._spawn(self._serve, client, conn_id)
 
+    def _inject(self, kind: str, head: RequestHead | None = None,
+                status: int | None = None) -> None:
+        fault = InjectedFault(kind, time.monotonic(), head.method if head else "",
+                              head.path if head else "", dict(head.query) if head else {},
+                              status)
+        with self._lock:
+            self._injected.append(fault)
+
+    def _stall_left(self) -> float:
+        with self._lock:
+            return self._stall_until - time.monotonic()
+
+    def _hold(self, client: socket.socket) -> None:
+        """Read and discard what the client sends until the stall ends (or the
+        client goes away, or the proxy stops)."""
+        while not self._stopping.is_set() and (left := self._stall_left()) > 0:
+            client.settimeout(min(left, 0.2))
+            try:
+                if not client.recv(wire.RECV):
+                    return
+            except TimeoutError:
+                continue
+
     def _serve(self, client: socket.socket, conn_id: int) -> None:
         upstream: socket.socket | None = None
         try:
+            if self.faults.refuse:
+                self._inject("refused")
+                return
+            if self._stall_left() > 0:
+                self._inject("stalled")
+                self._hold(client)
+                return
             upstream = socket.create_connection(self.upstream, timeout=10)
             upstream.settimeout(None)
             with self._lock:
@@ -251,27 +458,76 @@ class RecordingProxy:
             method, target, _ = lines[0].decode("latin-1").split(" ", 2)
             headers, split = wire.parse_headers(lines[1:]), urlsplit(target)
             path, query = unquote(split.path), dict(parse_qsl(split.query, keep_blank_values=True))
+            head = RequestHead(conn_id, n, method, path, query, headers)
             try:
-                self.before_forward(RequestHead(conn_id, n, method, path, query, headers))
+                self.before_forward(head)
             except Exception as exc:
                 raise _Abort() from exc
-            item = _Pending(method, next(self._keys))
+            cut = self._per_request_faults(head, reader, client, pending)
+            item = _Pending(method, next(self._keys), head)
             with self._lock:
-                self._records[item.key] = RequestRecord(method, path, query, headers, 0, None, None)
+                self._records[item.key] = RequestRecord(
+                    method, path, query, headers, 0, None, None, started_at=time.monotonic()
+                )
             pending.append(item)  # before sending, so no response can precede it
             upstream.sendall(b"".join(lines))
 
             tap = wire.BodyTap(
                 upstream, "aws-chunked" in headers.get("content-encoding", "").lower()
             )
+            send = tap.send if cut is None else _cutting(tap, cut)
             try:
-                trailers = wire.copy_body(reader, headers, tap.send, tap.payload)
-            finally:
-                self._update(item, body_size=tap.size)
+                trailers = wire.copy_body(reader, headers, send, tap.payload)
+            except _Reset:
+                self._update(item, body_size=cut or 0)
+                self._inject("reset", head)
+                _reset(client, upstream)
+                raise _Abort() from None
+            except BaseException:
+                self._update(item, body_size=tap.size)  # what was seen before it broke
+                raise
             expected = headers.get("x-amz-checksum-crc32") or trailers.get("x-amz-checksum-crc32")
             size, ok = tap.result(expected)
-            self._update(item, body_size=size, crc32_ok=ok)
+            self._update(item, body_size=size, crc32_ok=ok, complete=True)
             tap.flush()  # only now may the server (and so the client) see the end
+
+    def _per_request_faults(
+        self, head: RequestHead, reader: wire.Reader, client: socket.socket,
+        pending: deque[_Pending],
+    ) -> int | None:
+        """Apply stall, latency and error faults to one request (raising _Abort when
+        it must not be forwarded); return where to cut its body for a reset, if any."""
+        if self._stall_left() > 0:
+            self._inject("stalled", head)
+            self._hold(client)
+            raise _Abort()
+        plan = self.faults
+        applies = plan.match is None or plan.match(head)  # user code: not under the lock
+        length = _body_length(head.headers)
+        with self._lock:
+            error = applies and plan.error_share > 0 and self._rng.random() < plan.error_share
+            reset = (applies and not error and plan.reset_share > 0 and length != 0
+                     and self._rng.random() < plan.reset_share)
+            cut = None
+            if reset:  # never the whole body: the server must not get it complete
+                cut = (self._rng.randint(1, length - 1) if length > 1 else 0) \
+                    if length is not None else 65536
+            request_id = f"{self._rng.getrandbits(64):016X}"
+        if applies and plan.latency > 0:
+            self._inject("latency", head)
+            if self._stopping.wait(plan.latency):
+                raise _Abort()
+        if error:
+            if head.headers.get("expect", "").lower() != "100-continue":
+                wire.copy_body(reader, head.headers, lambda _b: None, lambda _b: None)
+            deadline = time.monotonic() + 30  # earlier responses on this connection first
+            while pending and time.monotonic() < deadline and not self._stopping.is_set():
+                time.sleep(0.01)
+            self._inject("error", head, plan.error_status)
+            client.sendall(_s3_error(plan.error_status, head.method, head.path, request_id))
+            client.shutdown(socket.SHUT_WR)
+            raise _Abort()
+        return cut
 
     def _relay_responses(
         self, upstream: socket.socket, client: socket.socket, pending: deque[_Pending]
@@ -284,7 +540,12 @@ class RecordingProxy:
                 continue
             item = pending.popleft() if pending else None
             if item is not None:
-                self._update(item, status=status)
+                plan = self.faults
+                if plan.response_delay > 0 and (plan.match is None or plan.match(item.head)):
+                    self._inject("delayed_response", item.head, status)
+                    if self._stopping.wait(plan.response_delay):
+                        return
+                self._update(item, status=status, answered_at=time.monotonic())
             client.sendall(b"".join(lines))
             headers = wire.parse_headers(lines[1:])
             if (item is not None and item.method == "HEAD") or status in (204, 304):
@@ -308,6 +569,47 @@ class _Pending:
 
     method: str
     key: int
+    head: RequestHead
+
+
+def _body_length(headers: dict[str, str]) -> int | None:
+    """Declared body length: 0 when there is no body, None when chunked."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return None
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0
+
+
+def _cutting(tap: wire.BodyTap, cut: int) -> Callable[[bytes], None]:
+    """A ``send`` that forwards the first ``cut`` body bytes, then raises _Reset."""
+    forwarded = 0
+
+    def send(data: bytes) -> None:
+        nonlocal forwarded
+        if forwarded + len(data) >= cut:
+            if (part := data[: cut - forwarded]):
+                tap.send(part)
+            tap.flush()
+            raise _Reset()
+        forwarded += len(data)
+        tap.send(data)
+
+    return send
+
+
+def _reset(*socks: socket.socket) -> None:
+    """Abort connections with a TCP RST (linger 0), not a FIN."""
+    linger = struct.pack("ii", 1, 0)
+    for s in socks:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            if s is not socks[0]:
+                s.shutdown(socket.SHUT_RD)  # wakes the other thread blocked in recv()
+        except OSError:
+            pass
+        s.close()
 
 
 def _close(s: socket.socket) -> None:

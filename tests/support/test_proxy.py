@@ -339,3 +339,158 @@ def test_before_forward_hook_sees_heads_and_can_drop(keepalive_upstream: str) ->
         ]
         assert [r.path for r in proxy.requests()] == ["/ok"]  # the dropped one never went out
         assert proxy.errors == []
+
+
+# -- injected faults -----------------------------------------------------------
+NO_RETRY = Config(
+    request_checksum_calculation="when_required",
+    response_checksum_validation="when_required",
+    retries={"total_max_attempts": 1},
+    connect_timeout=5,
+    read_timeout=10,
+)
+
+
+def test_error_faults_answer_like_s3_without_forwarding(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    from .proxy import Faults
+
+    s3 = endpoint.with_url(proxy.url).client(NO_RETRY)
+    proxy.set_faults(Faults(error_share=1.0, error_status=503))
+    with pytest.raises(ClientError) as caught:
+        s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(300_000))
+    error = caught.value.response
+    assert error["Error"]["Code"] == "SlowDown"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 503
+    proxy.set_faults(error_status=500)
+    with pytest.raises(ClientError) as caught:
+        s3.head_object(Bucket=bucket, Key="k")  # no body in a HEAD answer
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    with pytest.raises(ClientError) as caught:
+        s3.get_object(Bucket=bucket, Key="k")
+    assert caught.value.response["Error"]["Code"] == "InternalError"
+    assert proxy.requests() == []  # the server saw none of them
+    assert [(f.kind, f.method, f.status) for f in proxy.injected()] == [
+        ("error", "PUT", 503), ("error", "HEAD", 500), ("error", "GET", 500)]
+    proxy.clear_faults()
+    s3.put_object(Bucket=bucket, Key="k", Body=b"fine")
+    assert [(r.method, r.status, r.complete) for r in proxy.requests()] == [("PUT", 200, True)]
+    assert proxy.fault_counts() == {"error": 3}
+
+
+def test_reset_mid_body_cuts_the_upload_and_the_server_keeps_nothing(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    from botocore.exceptions import BotoCoreError
+
+    s3 = endpoint.with_url(proxy.url).client(NO_RETRY)
+    body = os.urandom(2 * MiB)
+    proxy.set_faults(reset_share=1.0)
+    with pytest.raises((BotoCoreError, ConnectionError)):
+        s3.put_object(Bucket=bucket, Key="cut", Body=body, ChecksumCRC32=crc32_b64(body))
+    s3.list_objects_v2(Bucket=bucket)  # bodyless requests are never reset
+    (put, listing) = proxy.requests()
+    assert put.method == "PUT" and not put.complete and 0 < put.body_size < len(body)
+    assert put.crc32_ok is None and put.answered_at is None
+    assert listing.complete and listing.status == 200
+    assert proxy.fault_counts() == {"reset": 1}
+    with pytest.raises(ClientError):
+        endpoint.client().head_object(Bucket=bucket, Key="cut")
+    proxy.clear_faults()
+    s3.put_object(Bucket=bucket, Key="cut", Body=body, ChecksumCRC32=crc32_b64(body))
+    last = proxy.requests()[-1]
+    assert last.complete and last.body_size == len(body) and last.crc32_ok is True
+    assert last.answered_at is not None and last.answered_at >= last.started_at
+
+
+def test_refuse_stop_listening_and_resume(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    from botocore.exceptions import BotoCoreError
+
+    s3 = endpoint.with_url(proxy.url).client(NO_RETRY)
+    proxy.set_faults(refuse=True)
+    with pytest.raises(BotoCoreError):
+        s3.head_bucket(Bucket=bucket)
+    assert proxy.fault_counts() == {"refused": 1} and proxy.requests() == []
+    proxy.clear_faults()
+    proxy.stop_listening()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=5).close()
+    proxy.resume_listening()
+    s3.head_bucket(Bucket=bucket)  # same URL again
+    assert [r.method for r in proxy.requests()] == ["HEAD"]
+
+
+def test_stall_holds_then_drops_without_forwarding(keepalive_upstream: str) -> None:
+    with RecordingProxy(keepalive_upstream) as proxy:
+        proxy.stall(1.0)
+        with socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=30) as c:
+            c.sendall(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(100) == b""  # nothing came back; dropped when the stall ended
+        assert proxy.requests() == [] and proxy.fault_counts() == {"stalled": 1}
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(proxy), timeout=30)
+        conn.request("GET", "/after")
+        assert conn.getresponse().read() == b"echo:"
+        conn.close()
+        assert proxy.errors == []
+    assert [s[1] for s in _Handler.seen] == ["/after"]
+
+
+def test_shares_follow_the_seed_and_match_limits_them(keepalive_upstream: str) -> None:
+    from .proxy import Faults
+
+    def run(seed: int) -> list[int]:
+        statuses = []
+        with RecordingProxy(keepalive_upstream, seed=seed) as proxy:
+            proxy.set_faults(Faults(error_share=0.5, latency=0.01,
+                                    match=lambda h: h.path.startswith("/f")))
+            for i in range(20):
+                conn = http.client.HTTPConnection("127.0.0.1", port_of(proxy), timeout=30)
+                conn.request("GET", f"/f{i}")
+                statuses.append(conn.getresponse().status)
+                conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port_of(proxy), timeout=30)
+            conn.request("GET", "/other")  # not matched: never faulted
+            assert conn.getresponse().status == 200
+            conn.close()
+            counts = proxy.fault_counts()
+            assert counts["latency"] == 20 and counts.get("error", 0) == statuses.count(503)
+            assert len(proxy.requests()) == 21 - statuses.count(503)
+            assert proxy.errors == []
+        return statuses
+
+    first = run(7)
+    assert first == run(7) and 0 < first.count(503) < 20
+    with pytest.raises(ValueError):
+        Faults(error_share=1.5)
+
+
+def test_response_delay_holds_the_answer_after_the_server_acted(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    from .proxy import Faults
+
+    s3 = endpoint.with_url(proxy.url).client(NO_RETRY)
+    proxy.set_faults(Faults(response_delay=1.0, match=lambda h: h.method == "PUT"))
+    done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (s3.put_object(Bucket=bucket, Key="slow", Body=b"x"), done.set()))
+    thread.start()
+    direct = endpoint.client()
+    stored = False
+    for _ in range(200):  # stored by the server while the client still waits
+        try:
+            direct.head_object(Bucket=bucket, Key="slow")
+            stored = True
+            break
+        except ClientError:
+            threading.Event().wait(0.01)
+    assert stored and not done.is_set()
+    thread.join(timeout=30)
+    assert done.is_set()
+    (put,) = proxy.requests()
+    assert put.complete and put.status == 200 and put.answered_at is not None
+    assert put.answered_at - put.started_at >= 1.0
+    assert proxy.fault_counts() == {"delayed_response": 1}
