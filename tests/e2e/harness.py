@@ -159,9 +159,15 @@ def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
 
 # what landed in S3
 def list_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
+    """Every key under ``prefix``; none while the processor has not created the bucket
+    yet (tests poll from the moment it starts)."""
     keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+    except client.exceptions.NoSuchBucket:
+        return []
     return keys
 
 
@@ -181,11 +187,8 @@ def wait_for_metadata(client: Any, bucket: str, source_path: str, timeout: float
     """The metadata.json of ``source_path`` once it exists and satisfies ``predicate``."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            docs = [d for d in metadata_documents(client, bucket)
-                    if d["source_path"] == source_path and predicate(d)]
-        except client.exceptions.NoSuchBucket:
-            docs = []
+        docs = [d for d in metadata_documents(client, bucket)
+                if d["source_path"] == source_path and predicate(d)]
         if docs:
             return docs[-1]
         if time.monotonic() > deadline:
