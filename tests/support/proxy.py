@@ -79,7 +79,8 @@ class RequestRecord:
 
     ``path`` is percent-decoded and without query; ``headers`` have lower-cased
     names.  ``body_size`` is the payload size without HTTP-chunked or
-    ``content-encoding: aws-chunked`` framing.  ``crc32_ok`` is None when no
+    ``content-encoding: aws-chunked`` framing.  ``crc32c_ok`` is the same check for
+    ``x-amz-checksum-crc32c`` (the service's chunks carry that one).  ``crc32_ok`` is None when no
     ``x-amz-checksum-crc32`` was sent (as header, aws-chunked trailer or HTTP
     trailer) or the body is incomplete/undecodable, else whether it matches.
     """
@@ -91,6 +92,7 @@ class RequestRecord:
     body_size: int
     status: int | None
     crc32_ok: bool | None
+    crc32c_ok: bool | None = None
     complete: bool = False
     started_at: float = 0.0
     answered_at: float | None = None
@@ -487,8 +489,10 @@ class RecordingProxy:
                 self._update(item, body_size=tap.size)  # what was seen before it broke
                 raise
             expected = headers.get("x-amz-checksum-crc32") or trailers.get("x-amz-checksum-crc32")
-            size, ok = tap.result(expected)
-            self._update(item, body_size=size, crc32_ok=ok, complete=True)
+            expected_c = (headers.get("x-amz-checksum-crc32c")
+                          or trailers.get("x-amz-checksum-crc32c"))
+            size, ok, ok_c = tap.result(expected, expected_c)
+            self._update(item, body_size=size, crc32_ok=ok, crc32c_ok=ok_c, complete=True)
             tap.flush()  # only now may the server (and so the client) see the end
 
     def _per_request_faults(

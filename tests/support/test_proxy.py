@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import crc32c
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -96,6 +97,23 @@ def test_put_get_head_through_proxy(
     assert recs[2].headers["expect"] == "100-continue"
     assert proxy.count("PUT") == 4 and proxy.count("HEAD") == 2
     assert proxy.count("GET", f"/{bucket}/big") == 1 and proxy.count("get", "/nope") == 0
+
+
+def test_crc32c_header_is_checked_against_the_body(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    """A CRC32C header is verified like a CRC32 one: True when it matches, False when not."""
+    s3 = endpoint.with_url(proxy.url).client(WHEN_REQUIRED)
+    body = os.urandom(MiB)
+    good = base64.b64encode(crc32c.crc32c(body).to_bytes(4, "big")).decode()
+    s3.put_object(Bucket=bucket, Key="good", Body=body, ChecksumCRC32C=good)
+    try:  # moto stores it anyway; MinIO rejects it
+        s3.put_object(Bucket=bucket, Key="bad", Body=body[:-1] + b"x", ChecksumCRC32C=good)
+    except ClientError:
+        pass
+    puts = {r.path.rsplit("/", 1)[1]: r for r in proxy.requests() if r.method == "PUT"}
+    assert (puts["good"].crc32c_ok, puts["good"].crc32_ok) == (True, None)
+    assert puts["bad"].crc32c_ok is False
 
 
 def test_multipart_upload_counts(endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str) -> None:
