@@ -162,16 +162,6 @@ def service(workdir: Path, s3: S3Endpoint, *, workers: int = 2, stream_timeout: 
         assert not proxy.errors, proxy.errors
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str,
-               tail: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s\n{tail()}")
-        time.sleep(0.25)
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:

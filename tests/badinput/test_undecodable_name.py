@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.badinput.support import service, wait_until
-from tests.e2e.harness import check_stream, metadata_documents, read_object
+from tests.badinput.support import service
+from tests.e2e.harness import check_stream, metadata_documents, read_object, wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

@@ -23,9 +23,8 @@ from tests.badinput.support import (
     keep_artefacts,
     service,
     unprivileged_command,
-    wait_until,
 )
-from tests.e2e.harness import check_stream, metadata_documents, wait_for_metadata
+from tests.e2e.harness import check_stream, metadata_documents, wait_for_metadata, wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

@@ -146,6 +146,20 @@ class Processor:
         self.proc.wait(timeout=10)
 
 
+def wait_until(condition: Callable[[], Any], timeout: float, what: str,
+               tail: Callable[[], str] = lambda: "", every: float = 0.25) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after
+    ``timeout`` seconds naming ``what`` and showing ``tail()`` (e.g. the service's log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s\n{tail()}")
+        time.sleep(every)
+
+
 def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

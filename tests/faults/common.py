@@ -203,16 +203,6 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str,
-               every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(every)
 
 
 def metric(text: str, name: str) -> float:

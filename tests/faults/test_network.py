@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.harness import wait_until
 from tests.faults.common import (
     Row,
     end_check,
@@ -18,7 +19,6 @@ from tests.faults.common import (
     pick,
     seeded,
     stop_writers,
-    wait_until,
 )
 from tests.support.proxy import Faults
 from tests.support.s3server import free_port

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.routing import worker_for
+from tests.e2e.harness import wait_until
 from tests.faults.common import (
     KillLedger,
     Row,
@@ -24,7 +25,6 @@ from tests.faults.common import (
     pick,
     seeded,
     stop_writers,
-    wait_until,
     worker_pids,
 )
 from tests.support.s3server import free_port

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.common import KillLedger, Row, end_check, pick, seeded, wait_until
+from tests.e2e.harness import wait_until
+from tests.faults.common import KillLedger, Row, end_check, pick, seeded
 from tests.support.videos import make_video
 from worker.wal import read_records
 
