@@ -110,6 +110,10 @@ class Worker:
         now = time.monotonic()
         if force or now - self._last_heartbeat >= HEARTBEAT_EVERY:
             self._last_heartbeat = now
+            if self.tracker is not None:  # gauges too: once a second is plenty
+                metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
+                metrics.LAG_BYTES.set(self.tracker.lag_bytes())
+                metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
             try:
                 self.heartbeats.send(self._heartbeat_message())
             except (BrokenPipeError, OSError):
@@ -164,9 +168,6 @@ class Worker:
                                    disk_full=is_disk_full(exc.__cause__ or exc))
                     code = EXIT_STATE_WRITE_FAILED
                     break
-                metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
-                metrics.LAG_BYTES.set(self.tracker.lag_bytes())
-                metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
                 self.heartbeat()
                 if not did:
                     self.drain_mailbox(wait=self.tracker.idle_wait())

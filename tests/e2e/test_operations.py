@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared.routing import worker_for
-from tests.e2e.harness import Processor, check_stream, wait_for_metadata
+from tests.e2e.harness import Processor, check_stream, wait_for_metadata, wait_until
 from tests.support.s3server import S3Endpoint, free_port, unique_bucket_name
 from tests.support.videos import make_not_mp4, make_video, start_live_writer
 
@@ -111,10 +111,15 @@ def test_health_ready_and_metrics_endpoints(make_processor: Any, client: Any, bu
     make_not_mp4(processor.watch_dir / "b.mp4", (5 << 20) + 20)
     wait_for_metadata(client, bucket, "a.mp4", processor=processor)
     wait_for_metadata(client, bucket, "b.mp4", processor=processor)
-    status, text = get(f"{base}/metrics")
-    assert status == 200
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-              if line and not line.startswith("#")}
+    def scrape() -> tuple[str, dict[str, float]]:
+        status, text = get(f"{base}/metrics")
+        assert status == 200
+        return text, {line.split(" ")[0]: float(line.split(" ")[1])
+                      for line in text.splitlines() if line and not line.startswith("#")}
+
+    # gauges are refreshed with each worker's heartbeat, once a second
+    text, values = wait_until(lambda: (m := scrape())[1]["processor_active_streams"] == 0 and m,
+                              10, "active streams back to 0")
     assert values["processor_chunks_uploaded_total"] == 4   # two workers, summed
     assert values["processor_uploaded_bytes_total"] == 2 * ((5 << 20) + 15)
     assert values['processor_streams_completed_total{status="complete"}'] == 2
