@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shared import metrics
-from shared.s3 import make_client
+from shared.s3 import describe, make_client
 from shared.settings import Settings
 
 __all__ = ["StatusServer", "BucketProbe"]
@@ -43,7 +43,6 @@ class BucketProbe:
                     self._client.head_bucket(Bucket=self._settings.s3_bucket)
                     self._ok, self._detail = True, "bucket reachable"
                 except Exception as exc:
-                    from shared.s3 import describe
                     self._ok, self._detail = False, f"bucket not reachable: {describe(exc)}"
                 self._checked_at = time.monotonic()
             return self._ok, self._detail

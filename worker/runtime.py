@@ -6,7 +6,7 @@ only observations (size, mtime, when it last changed) and backoff live here alon
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.keys import StreamKeys
 from worker.checkpoint import CheckpointStore, ChunkRecord, StreamRecord
@@ -24,7 +24,6 @@ class StreamRuntime:
     failures: int = 0
     permanent_logged: bool = False
     source_error_logged: bool = False
-    blocked_reason: str | None = field(default=None)
 
     @property
     def stream_id(self) -> str:
