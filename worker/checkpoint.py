@@ -35,20 +35,29 @@ class StreamStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """A chunk S3 acknowledged: its place in the file and the hash of its bytes."""
+    """A chunk S3 acknowledged: its place in the file and the hash of its bytes; and,
+    once copied, the ETag of its part in the multipart upload ``part_upload``."""
 
     index: int
     offset: int
     size: int
     xxh3_128: str
     uploaded_at: float
+    part_upload: str | None = None
+    part_etag: str | None = None
+
+    def same_bytes(self, other: ChunkRecord) -> bool:
+        """The same upload of the same bytes (whatever was copied from it since)."""
+        return (self.index, self.size, self.xxh3_128, self.uploaded_at) == (
+            other.index, other.size, other.xxh3_128, other.uploaded_at)
 
 
 @dataclass(frozen=True)
 class StreamRecord:
     """One lineage of one file. ``end_reason`` is set when the source went away
     (``source_deleted``) or was replaced/truncated (``source_replaced``): the stream
-    is then finalized from what was uploaded."""
+    is then finalized from what was uploaded. ``upload_id`` is the multipart upload
+    of the final object that chunks are being copied into, until it is completed."""
 
     stream_id: str
     rel_path: str
@@ -63,6 +72,7 @@ class StreamRecord:
     completed_at: float | None = None
     reopen_count: int = 0
     chunks_reuploaded: int = 0
+    upload_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +164,14 @@ class CheckpointStore:
         with _timed(), self._db.write_batch(sync=True) as batch:
             batch.put(_chunk_key(record.stream_id, chunk.index),
                       json.dumps(asdict(chunk)).encode())
+            batch.put(_stream_key(record.stream_id), record.to_json())
+
+    def commit_parts(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+        """Record part copies (chunk records with their part ETags) in one batch."""
+        with _timed(), self._db.write_batch(sync=True) as batch:
+            for chunk in chunks:
+                batch.put(_chunk_key(record.stream_id, chunk.index),
+                          json.dumps(asdict(chunk)).encode())
             batch.put(_stream_key(record.stream_id), record.to_json())
 
     def drop_chunks_from(self, record: StreamRecord, index: int) -> None:

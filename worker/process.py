@@ -175,6 +175,7 @@ class Worker:
                     self.log.warning("supervisor_gone")
                     break
         finally:
+            uploader.close()
             store.close()
             try:
                 wal.close()

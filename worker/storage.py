@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import crc32c
@@ -20,11 +19,20 @@ from botocore.exceptions import ClientError
 from shared import metrics
 from shared.s3 import ErrorKind, StorageError, classify, describe, error_code
 
-__all__ = ["Storage", "XXH_META"]
+__all__ = ["Storage", "UploadLost", "XXH_META"]
 
 XXH_META = "xxh3-128"
-COPY_CONCURRENCY = 8
 T = TypeVar("T")
+
+
+class UploadLost(StorageError):
+    """The recorded multipart upload is gone or no longer holds the recorded parts
+    (a bucket lifecycle rule aborted it, or an earlier attempt completed it just
+    before a crash): the final object must be assembled in a new upload."""
+
+    @staticmethod
+    def means(exc: StorageError) -> bool:
+        return exc.detail.startswith(("NoSuchUpload", "InvalidPart"))
 
 
 def _crc32c_b64(data: bytes | bytearray) -> str:
@@ -86,13 +94,14 @@ class Storage:
             return None
         return int(head["ContentLength"]), str(head.get("Metadata", {}).get(XXH_META, ""))
 
-    def abort_uploads(self, key: str) -> int:
-        """Abort every unfinished multipart upload of exactly ``key``; return how many."""
+    def abort_uploads(self, key: str, keep: str | None = None) -> int:
+        """Abort every unfinished multipart upload of exactly ``key`` except ``keep``
+        (the one a stream record holds); return how many were aborted."""
         listing = self._call("list_multipart_uploads", self.client.list_multipart_uploads,
                              Prefix=key)
         aborted = 0
         for upload in listing.get("Uploads", []):
-            if upload["Key"] != key:
+            if upload["Key"] != key or upload["UploadId"] == keep:
                 continue
             try:
                 self._call("abort_multipart_upload", self.client.abort_multipart_upload,
@@ -103,52 +112,61 @@ class Storage:
             aborted += 1
         return aborted
 
-    def assemble(self, key: str, chunk_keys: Sequence[str],
-                 on_part: Callable[[], None] = lambda: None) -> None:
-        """Make ``key`` the concatenation of ``chunk_keys``, server side.
+    # the final object: one multipart upload whose parts are copies of the chunks
+    def create_upload(self, key: str) -> str:
+        return str(self._call("create_multipart_upload", self.client.create_multipart_upload,
+                              Key=key)["UploadId"])
 
-        No chunk key: an empty object. One: a plain copy. More: a multipart upload
-        whose parts are copies of the chunks (all but the last are >= 5 MiB).
-        """
-        if not chunk_keys:
-            self._call("put_object", self.client.put_object, Key=key, Body=b"")
-            return
-        if len(chunk_keys) == 1:
-            self._call("copy_object", self.client.copy_object, Key=key,
-                       CopySource={"Bucket": self.bucket, "Key": chunk_keys[0]})
-            return
-        upload_id = self._call("create_multipart_upload", self.client.create_multipart_upload,
-                               Key=key)["UploadId"]
-
-        def copy(number: int, chunk_key: str) -> dict[str, Any]:
-            result = self._call(
-                "upload_part_copy", self.client.upload_part_copy, Key=key,
-                UploadId=upload_id, PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": chunk_key})
-            return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
-
-        # Part copies are independent server-side requests: a few at a time, or a
-        # long recording's assembly is hundreds of round trips back to back.
-        pool = ThreadPoolExecutor(max_workers=min(COPY_CONCURRENCY, len(chunk_keys)),
-                                  thread_name_prefix="part-copy")
+    def copy_part(self, key: str, upload_id: str, number: int, chunk_key: str) -> str:
+        """Copy a chunk object into part ``number``; its ETag. Runs on copy threads."""
         try:
-            futures = [pool.submit(copy, n, k) for n, k in enumerate(chunk_keys, start=1)]
-            parts = []
-            for future in futures:
-                parts.append(future.result())
-                on_part()  # heartbeat and drain check, on this (the loop's) thread
+            result = self._call("upload_part_copy", self.client.upload_part_copy, Key=key,
+                                UploadId=upload_id, PartNumber=number,
+                                CopySource={"Bucket": self.bucket, "Key": chunk_key})
+        except StorageError as exc:
+            if UploadLost.means(exc):
+                raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
+            raise
+        return str(result["CopyPartResult"]["ETag"])
+
+    def complete_upload(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+        """Complete with parts 1..n, whose ETags are ``etags`` in order."""
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        try:
             self._call("complete_multipart_upload", self.client.complete_multipart_upload,
                        Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
-                                                   UploadId=upload_id)
-            except Exception:
-                pass  # the WAL intent makes recovery abort it
+        except StorageError as exc:
+            if UploadLost.means(exc):
+                raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
             raise
-        finally:
-            pool.shutdown(wait=True)
+
+    def upload_exists(self, key: str, upload_id: str) -> bool | None:
+        """Whether the multipart upload is still open; None when S3 cannot say now.
+        Asked after a part copy failed, because not every server answers a copy into
+        an aborted upload with NoSuchUpload (moto answers 500)."""
+        try:
+            self._call("list_parts", self.client.list_parts, Key=key, UploadId=upload_id,
+                       MaxParts=1)
+        except StorageError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND or UploadLost.means(exc):
+                return False
+            return None
+        return True
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._call("abort_multipart_upload", self.client.abort_multipart_upload,
+                       Key=key, UploadId=upload_id)
+        except StorageError as exc:
+            if exc.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    def put_empty(self, key: str) -> None:
+        self._call("put_object", self.client.put_object, Key=key, Body=b"")
+
+    def copy_object(self, key: str, source_key: str) -> None:
+        self._call("copy_object", self.client.copy_object, Key=key,
+                   CopySource={"Bucket": self.bucket, "Key": source_key})
 
     def object_size(self, key: str) -> int | None:
         head = self._head("head_object", key)

@@ -136,6 +136,7 @@ class StreamTracker:
                 continue
             did |= self._attempt(rt)
             self.pulse()
+        did |= self.uploader.copy_ahead(self.runtimes, self.clock())
         return did
 
     def _attempt(self, rt: StreamRuntime) -> bool:

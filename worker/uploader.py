@@ -22,12 +22,13 @@ from shared.paths import lstat_beneath, open_beneath
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.timefmt import now
+from worker.assembly import BACKGROUND_IN_FLIGHT, PartCopier
 from worker.checkpoint import CheckpointStore, ChunkRecord, StreamStatus
 from worker.media import MediaInfo, probe_media
 from worker.metadata import build_metadata
 from worker.planning import MAX_PARTS, completion_spans
 from worker.runtime import StreamRuntime
-from worker.storage import Storage
+from worker.storage import Storage, UploadLost
 from worker.wal import Intent, WriteAheadLog
 
 __all__ = ["Uploader", "SourceError", "SourceChanged"]
@@ -91,6 +92,10 @@ class Uploader:
         self.pulse = pulse
         self._open: dict[tuple[str, str, int], Intent] = {}
         self._buffer = bytearray()
+        self.parts = PartCopier(storage, store, log)
+
+    def close(self) -> None:
+        self.parts.close()
 
     def _read_chunk(self, rt: StreamRuntime, offset: int, size: int) -> bytes | bytearray:
         """A chunk's bytes. Full chunks are read into one reused buffer: allocating (and
@@ -164,8 +169,11 @@ class Uploader:
                 self._commit_chunk(rt, ChunkRecord(index, int(intent.fields["offset"]), size,
                                                    digest, now()))
                 self.log.info("chunk_recovered", stream_id=rt.stream_id, index=index)
-        elif intent.op == "assemble":
-            aborted = self.storage.abort_uploads(str(intent.fields["key"]))
+        elif intent.op in ("open_upload", "assemble"):
+            # an upload opened but never recorded, or left by an older version: abort
+            # it; the one the stream record holds is resumed
+            keep = rt.record.upload_id if rt is not None else None
+            aborted = self.storage.abort_uploads(str(intent.fields["key"]), keep=keep)
             if aborted:
                 self.log.info("multipart_aborted", stream_id=intent.stream_id, uploads=aborted)
         self.wal.done(intent)
@@ -191,6 +199,7 @@ class Uploader:
         object_key: str | None = rt.keys.final_object
         if len(rt.chunks) > MAX_PARTS:
             object_key = None
+            self._abandon_upload(rt)
             self.log.error("assembly_impossible", stream_id=record.stream_id,
                            chunks=len(rt.chunks), max_parts=MAX_PARTS)
         else:
@@ -242,15 +251,81 @@ class Uploader:
                 metrics.CHUNKS_REUPLOADED.inc()
             self.pulse()
 
-    def _assemble(self, rt: StreamRuntime) -> None:
+    # assembly (see worker/assembly.py)
+    def copy_ahead(self, runtimes: dict[str, StreamRuntime], now: float) -> bool:
+        """Between uploads: record finished part copies and start new ones for streams
+        still being recorded, so that completion finds its parts already copied."""
+        did = self.parts.harvest(runtimes) > 0
+        for rt in list(runtimes.values()):
+            if self.parts.in_flight() >= BACKGROUND_IN_FLIGHT:
+                break
+            record = rt.record
+            if (record.status is not StreamStatus.ACTIVE or record.end_reason is not None
+                    or not rt.chunks or len(rt.chunks) > MAX_PARTS or rt.next_attempt > now
+                    or self.parts.backing_off(rt.stream_id)):
+                continue
+            if record.upload_id is not None and not self.parts.missing(rt):
+                continue
+            try:
+                if record.upload_id is None:
+                    self._open_upload(rt)
+                did |= self.parts.submit(rt, limit=BACKGROUND_IN_FLIGHT) > 0
+            except StorageError as exc:
+                self.parts.failed(rt.stream_id, exc)
+        return did
+
+    def _open_upload(self, rt: StreamRuntime) -> None:
         key = rt.keys.final_object
-        intent = self._intend("assemble", rt.stream_id, -1, rel_path=rt.record.rel_path, key=key)
-        self.storage.abort_uploads(key)  # leftovers of an attempt cut short
-        self.storage.assemble(key, [rt.keys.chunk(c.index) for c in rt.chunks],
-                              on_part=self.pulse)
+        intent = self._intend("open_upload", rt.stream_id, -1, rel_path=rt.record.rel_path,
+                              key=key)
+        upload_id = self.storage.create_upload(key)
+        rt.record = rt.record.evolve(upload_id=upload_id)
+        self.store.save_stream(rt.record)
+        self._done(intent)
+        self.log.info("multipart_started", stream_id=rt.stream_id, chunks=len(rt.chunks))
+
+    def _abandon_upload(self, rt: StreamRuntime) -> None:
+        upload_id = rt.record.upload_id
+        if upload_id is not None:
+            self.storage.abort_upload(rt.keys.final_object, upload_id)
+            rt.record = rt.record.evolve(upload_id=None)
+            self.store.save_stream(rt.record)
+
+    def _assemble(self, rt: StreamRuntime) -> None:
+        """Complete the stream's multipart upload (copying the parts still missing), or
+        for a stream of at most one chunk and no upload, one plain request."""
+        key = rt.keys.final_object
+        if rt.record.upload_id is None and len(rt.chunks) <= 1:
+            intent = self._intend("assemble", rt.stream_id, -1, rel_path=rt.record.rel_path,
+                                  key=key)
+            self.storage.abort_uploads(key)  # leftovers of an attempt cut short
+            if rt.chunks:
+                self.storage.copy_object(key, rt.keys.chunk(0))
+            else:
+                self.storage.put_empty(key)
+        else:
+            for attempt in (1, 2):  # a lost upload is replaced once, at once
+                if rt.record.upload_id is None:
+                    self._open_upload(rt)
+                try:
+                    self.parts.finish(rt, self.pulse)
+                    break
+                except UploadLost:
+                    if attempt == 2:
+                        raise
+            upload_id = rt.record.upload_id
+            assert upload_id is not None
+            intent = self._intend("assemble", rt.stream_id, -1, rel_path=rt.record.rel_path,
+                                  key=key)
+            try:
+                self.storage.complete_upload(key, upload_id,
+                                             [str(c.part_etag) for c in rt.chunks])
+            except UploadLost as exc:
+                self.parts.lose(rt, exc)
+                raise
+            rt.record = rt.record.evolve(upload_id=None)  # saved with the completion
         size = self.storage.object_size(key)
         if size != rt.committed_bytes:
             raise StorageError("assemble", ErrorKind.TRANSIENT,
                                f"assembled object has {size} bytes, expected {rt.committed_bytes}")
         self._done(intent)
-

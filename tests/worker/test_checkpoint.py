@@ -192,3 +192,46 @@ def test_undecodable_path_can_be_stored(store: CheckpointStore) -> None:
     store.start_stream(rec)
     assert store.stream("cam-00000001") == rec
     assert store.current_stream_id(rel_path) == "cam-00000001"
+
+
+def test_part_copies_are_committed_in_one_batch_and_survive_reopen(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "db")
+    record = _record("a-1", "a.mp4").evolve(upload_id="up-1")
+    store.start_stream(record)
+    for i in range(3):
+        store.commit_chunk(record, _chunk(i))
+    copied = [ChunkRecord(c.index, c.offset, c.size, c.xxh3_128, c.uploaded_at,
+                          part_upload="up-1", part_etag=f'"etag{c.index}"')
+              for c in store.chunks("a-1")[:2]]
+    store.commit_parts(record, copied)
+    store.close()
+    again = CheckpointStore(tmp_path / "db")
+    chunks = again.chunks("a-1")
+    assert [c.part_etag for c in chunks] == ['"etag0"', '"etag1"', None]
+    assert [c.part_upload for c in chunks] == ["up-1", "up-1", None]
+    assert again.stream("a-1").upload_id == "up-1"  # type: ignore[union-attr]
+    assert chunks[0].same_bytes(_chunk(0)) and not chunks[0].same_bytes(_chunk(1))
+    again.close()
+
+
+def test_records_written_before_part_copies_existed_still_load(tmp_path: Path) -> None:
+    """Checkpoints of an older version (no upload_id, no part fields) are read as
+    'nothing copied yet', so an upgrade resumes them."""
+    import json
+
+    import plyvel
+
+    (tmp_path / "db").mkdir()
+    db = plyvel.DB(str(tmp_path / "db" / "checkpoints.ldb"), create_if_missing=True)
+    old = {"stream_id": "a-1", "rel_path": "a.mp4", "dev": 1, "ino": 2, "chunk_size": 5,
+           "started_at": 1.0, "size": 5, "mtime_ns": 0, "status": "active",
+           "end_reason": None, "completed_at": None, "reopen_count": 0,
+           "chunks_reuploaded": 0, "extra": {}}
+    db.put(b"s/a-1", json.dumps(old).encode())
+    db.put(b"c/a-1/00000000", json.dumps({"index": 0, "offset": 0, "size": 5,
+                                          "xxh3_128": "0" * 32, "uploaded_at": 1.0}).encode())
+    db.close()
+    store = CheckpointStore(tmp_path / "db")
+    assert store.stream("a-1").upload_id is None  # type: ignore[union-attr]
+    assert store.chunks("a-1")[0].part_upload is None
+    store.close()

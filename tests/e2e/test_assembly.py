@@ -1,0 +1,131 @@
+"""Copy-as-you-go assembly (worker/assembly.py), seen from S3: the final object's
+multipart upload fills up while the file is still being written, survives the
+loss of that upload, and recopies a chunk whose bytes changed after its copy."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import check_stream, list_keys, wait_for_metadata, wait_until
+from tests.support.proxy import RecordingProxy
+
+pytestmark = pytest.mark.timeout(180)
+
+CHUNK = 5 << 20  # the harness runs the processor with --chunk-size 5MiB
+
+
+def _uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
+    try:
+        return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    except client.exceptions.NoSuchBucket:
+        return []
+
+
+def _parts(client: Any, bucket: str) -> set[int]:
+    """Part numbers of the one open multipart upload; empty while there is none."""
+    uploads = _uploads(client, bucket)
+    if len(uploads) != 1:
+        return set()
+    listing = client.list_parts(Bucket=bucket, Key=uploads[0]["Key"],
+                                UploadId=uploads[0]["UploadId"])
+    return {p["PartNumber"] for p in listing.get("Parts", [])}
+
+
+def _part_copies(proxy: RecordingProxy) -> Counter[int]:
+    """How many part copies the server received, per part number."""
+    return Counter(int(r.query["partNumber"]) for r in proxy.requests()
+                   if r.method == "PUT" and "partNumber" in r.query
+                   and "x-amz-copy-source" in r.headers)
+
+
+class Recording:
+    """A file kept growing by a few bytes now and then, so the stream stays open
+    for as long as a test looks at it."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self.data = data
+        self.written = 0
+
+    def write_to(self, end: int) -> None:
+        with open(self.path, "ab") as f:
+            f.write(self.data[self.written:end])
+        self.written = end
+
+    def keep_alive_until(self, condition: Any, what: str, tail: Any) -> Any:
+        def alive() -> Any:
+            self.write_to(self.written + 1)
+            return condition()
+        return wait_until(alive, 60, what, tail, every=0.5)
+
+
+def test_parts_are_copied_while_the_file_is_recorded(make_processor: Any, client: Any,
+                                                     bucket: str, proxy: RecordingProxy) -> None:
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    processor.wait_for_event("worker_started")
+    data = os.urandom(3 * CHUNK + 300_000)
+    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    rec.write_to(3 * CHUNK + 100)
+    rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2, 3},
+                         "parts 1-3 copied while the file grows", processor.tail)
+    assert not [k for k in list_keys(client, bucket) if k.endswith("metadata.json")]
+    rec.write_to(len(data))
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, data)
+    # every part was copied once: completion itself copied only the tail
+    assert _part_copies(proxy) == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert _uploads(client, bucket) == []
+
+
+def test_an_upload_lost_in_s3_is_replaced(make_processor: Any, client: Any, bucket: str,
+                                          proxy: RecordingProxy) -> None:
+    """A bucket lifecycle rule (AbortIncompleteMultipartUpload) may abort the upload a
+    long recording is being copied into: the next copy notices and starts a new one."""
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    processor.wait_for_event("worker_started")
+    data = os.urandom(3 * CHUNK + 300_000)
+    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    rec.write_to(2 * CHUNK + 100)
+    rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2}, "parts 1-2 copied",
+                         processor.tail)
+    (upload,) = _uploads(client, bucket)
+    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    rec.write_to(len(data))
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, data)
+    lost = [e for e in processor.events() if e.get("event") == "multipart_lost"]
+    assert lost, processor.tail()  # S3 says NoSuchUpload; moto a 500, then list_parts 404
+    assert _uploads(client, bucket) == []
+    assert proxy.count("POST", f"/{bucket}/", query_has="uploads") == 2
+
+
+def test_a_chunk_changed_after_its_copy_is_copied_again(make_processor: Any, client: Any,
+                                                        bucket: str,
+                                                        proxy: RecordingProxy) -> None:
+    """MP4 muxers patch the header at the start of the file when they finish: chunk 0
+    is uploaded again by verification, and its part copied again before completion."""
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    processor.wait_for_event("worker_started")
+    data = bytearray(os.urandom(2 * CHUNK + 200_000))
+    rec = Recording(processor.watch_dir / "cam.mp4", bytes(data))
+    rec.write_to(2 * CHUNK + 100)
+    rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2}, "parts 1-2 copied",
+                         processor.tail)
+    rec.write_to(len(data))
+    patch = b"moov-patched"
+    with open(rec.path, "r+b") as f:
+        f.seek(4)
+        f.write(patch)
+    data[4:4 + len(patch)] = patch
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, bytes(data))
+    assert doc["chunks_reuploaded"] == 1
+    assert _part_copies(proxy) == {1: 2, 2: 1, 3: 1}
