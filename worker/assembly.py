@@ -136,14 +136,15 @@ class PartCopier:
             self._retry_at.pop(stream_id, None)
         return finished
 
-    def finish(self, rt: StreamRuntime, pulse: Callable[[], None]) -> None:
-        """Make every chunk of ``rt`` a part of its open upload; raises ``UploadLost``
-        when the upload turned out to be gone, ``StorageError`` when copies failed."""
+    def finish(self, rt: StreamRuntime, pulse: Callable[[], None]) -> int:
+        """Make every chunk of ``rt`` a part of its open upload; returns how many copies
+        that took. Raises ``UploadLost`` when the upload turned out to be gone,
+        ``StorageError`` when copies failed."""
         upload_id = rt.record.upload_id
         self._settle(rt, pulse)  # earlier copies first: they may be stale
         if rt.record.upload_id != upload_id:
             raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
-        self.submit(rt)
+        started = self.submit(rt)
         self._settle(rt, pulse)
         if rt.record.upload_id != upload_id:
             raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
@@ -151,6 +152,7 @@ class PartCopier:
         if missing:
             raise StorageError("upload_part_copy", ErrorKind.TRANSIENT,
                                f"{len(missing)} part copies failed")
+        return started
 
     def _settle(self, rt: StreamRuntime, pulse: Callable[[], None]) -> None:
         runtimes = {rt.stream_id: rt}
