@@ -58,6 +58,7 @@ class PartCopier:
         self._copies: dict[tuple[str, int], _Copy] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        self._scan_from: dict[str, tuple[str, int]] = {}  # stream -> (upload, first uncopied)
 
     def close(self) -> None:
         """Drop queued copies; one in flight ends with its request (it is recopied
@@ -76,13 +77,28 @@ class PartCopier:
         upload_id = rt.record.upload_id
         return [c for c in rt.chunks[:MAX_PARTS] if c.part_upload != upload_id]
 
-    def submit(self, rt: StreamRuntime, limit: int | None = None) -> int:
-        """Start copies of ``rt``'s missing parts, keeping at most ``limit`` in flight."""
+    def submit(self, rt: StreamRuntime, limit: int | None = None, *,
+               background: bool = False) -> int:
+        """Start copies of ``rt``'s missing parts, keeping at most ``limit`` in flight.
+
+        In the background, where chunks are only ever appended, the scan starts at
+        the first part not yet known to be copied, so a long recording costs the loop
+        O(1) per step, not O(chunks); completion scans everything."""
         upload_id = rt.record.upload_id
         if upload_id is None:
             return 0
+        start = 0
+        hint = self._scan_from.get(rt.stream_id)
+        if background and hint is not None and hint[0] == upload_id:
+            start = hint[1]
         started = 0
-        for chunk in self.missing(rt):
+        first_missing: int | None = None
+        end = min(len(rt.chunks), MAX_PARTS)
+        for chunk in rt.chunks[start:end]:
+            if chunk.part_upload == upload_id:
+                continue
+            if first_missing is None:
+                first_missing = chunk.index
             if limit is not None and len(self._copies) >= limit:
                 break
             slot = (rt.stream_id, chunk.index)
@@ -92,7 +108,15 @@ class PartCopier:
                                        chunk.index + 1, rt.keys.chunk(chunk.index))
             self._copies[slot] = _Copy(rt.stream_id, upload_id, chunk, future)
             started += 1
+        self._scan_from[rt.stream_id] = (upload_id, end if first_missing is None
+                                         else first_missing)
         return started
+
+    def forget(self, stream_id: str) -> None:
+        """Drop what is kept about a stream that is done."""
+        self._scan_from.pop(stream_id, None)
+        self._failures.pop(stream_id, None)
+        self._retry_at.pop(stream_id, None)
 
     def harvest(self, runtimes: Mapping[str, StreamRuntime], only: str | None = None) -> int:
         """Record finished copies, one LevelDB batch per stream. A copy made stale by a

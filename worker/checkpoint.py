@@ -167,8 +167,10 @@ class CheckpointStore:
             batch.put(_stream_key(record.stream_id), record.to_json())
 
     def commit_parts(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
-        """Record part copies (chunk records with their part ETags) in one batch."""
-        with _timed(), self._db.write_batch(sync=True) as batch:
+        """Record part copies (chunk records with their part ETags) in one batch. Not
+        synced: it survives a crash of the process (the OS holds it), and what a power
+        loss takes is only copied again, an idempotent server-side request."""
+        with _timed(), self._db.write_batch(sync=False) as batch:
             for chunk in chunks:
                 batch.put(_chunk_key(record.stream_id, chunk.index),
                           json.dumps(asdict(chunk)).encode())

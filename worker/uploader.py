@@ -235,6 +235,7 @@ class Uploader:
         clock.lap("metadata")
         if not self.settings.keep_chunks and object_key is not None:  # else they are the data
             self.storage.delete_keys([rt.keys.chunk(c.index) for c in rt.chunks])
+        self.parts.forget(record.stream_id)
         metrics.STREAMS_COMPLETED.labels(status=status).inc()
         self.log.info("stream_completed", stream_id=record.stream_id, rel_path=record.rel_path,
                       status=status, total_size_bytes=document["total_size_bytes"],
@@ -309,12 +310,10 @@ class Uploader:
                     or not rt.chunks or len(rt.chunks) > MAX_PARTS or rt.next_attempt > now
                     or self.parts.backing_off(rt.stream_id)):
                 continue
-            if record.upload_id is not None and not self.parts.missing(rt):
-                continue
             try:
                 if record.upload_id is None:
                     self._open_upload(rt)
-                did |= self.parts.submit(rt, limit=BACKGROUND_IN_FLIGHT) > 0
+                did |= self.parts.submit(rt, limit=BACKGROUND_IN_FLIGHT, background=True) > 0
             except StorageError as exc:
                 self.parts.failed(rt.stream_id, exc)
         return did
