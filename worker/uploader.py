@@ -322,6 +322,11 @@ class Uploader:
         key = rt.keys.final_object
         intent = self._intend("open_upload", rt.stream_id, -1, rel_path=rt.record.rel_path,
                               key=key)
+        # no upload is recorded, so any of this key is a leftover the log could not name
+        # (its intent lost with a damaged log tail): abort it rather than leave it billed
+        aborted = self.storage.abort_uploads(key)
+        if aborted:
+            self.log.info("multipart_aborted", stream_id=rt.stream_id, uploads=aborted)
         upload_id = self.storage.create_upload(key)
         rt.record = rt.record.evolve(upload_id=upload_id)
         self.store.save_stream(rt.record)

@@ -129,3 +129,26 @@ def test_a_chunk_changed_after_its_copy_is_copied_again(make_processor: Any, cli
     check_stream(client, bucket, doc, bytes(data))
     assert doc["chunks_reuploaded"] == 1
     assert _part_copies(proxy) == {1: 2, 2: 1, 3: 1}
+
+
+def test_an_unrecorded_upload_is_aborted_before_a_new_one_opens(
+        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
+    """An upload S3 has for the final object but no checkpoint or log intent names (a
+    crash right after it was created, with the log's tail then damaged) is aborted
+    when the stream opens its own, so nothing is left to be billed."""
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    processor.wait_for_event("worker_started")
+    data = os.urandom(2 * CHUNK + 100_000)
+    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    rec.write_to(100_000)  # less than a chunk: no upload opened yet
+    (detected,) = processor.wait_for_event("stream_detected")
+    key = f"{detected['object_prefix']}/cam.mp4"
+    stray = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    rec.write_to(len(data))
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, data)
+    aborted = [e for e in processor.events() if e.get("event") == "multipart_aborted"]
+    assert aborted and aborted[0]["uploads"] == 1, processor.tail()
+    assert _uploads(client, bucket) == []
+    assert stray not in {u["UploadId"] for u in _uploads(client, bucket)}
