@@ -162,6 +162,8 @@ def proc_role(pid: int, root: int) -> str:
         return "resource_tracker"
     if b"spawn_main" in cmd:
         return "worker"
+    if b"worker.prober" in cmd:
+        return "probe helper"
     return "other"
 
 
@@ -217,11 +219,13 @@ class MemorySampler:
     def summary(self) -> dict[str, Any]:
         workers = [v for p, v in self.peak_rss.items() if self.roles.get(p) == "worker"]
         sup = [v for p, v in self.peak_rss.items() if self.roles.get(p) == "supervisor"]
+        helpers = [v for p, v in self.peak_rss.items() if self.roles.get(p) == "probe helper"]
         return {
             "samples": self.samples,
             "supervisor_peak_rss_mb": round(max(sup, default=0) / 1e6, 1),
             "worker_peak_rss_mb": round(max(workers, default=0) / 1e6, 1),
             "worker_peak_rss_mb_each": sorted(round(w / 1e6, 1) for w in workers),
+            "probe_helper_peak_rss_mb": round(max(helpers, default=0) / 1e6, 1),
             "total_peak_pss_mb": round(self.peak_pss_total / 1e6, 1),
         }
 
@@ -957,14 +961,16 @@ def report(results: dict[str, Any]) -> str:
                                 str(x.get("assembly_baseline_s_all"))]))
         out.append("")
         out.append(row(["processor run", "supervisor peak RSS MB", "worker peak RSS MB (max)",
-                        "each worker", "total peak PSS MB"]))
-        out.append(row(["---"] * 5))
+                        "each worker", "probe helper peak RSS MB (max)",
+                        "total peak PSS MB (all processes)"]))
+        out.append(row(["---"] * 6))
         for r in bulk:
             if r.name.startswith("processor"):
                 m = r.extra["memory"]
                 out.append(row([r.name, str(m["supervisor_peak_rss_mb"]),
                                 str(m["worker_peak_rss_mb"]),
                                 " ".join(str(x) for x in m["worker_peak_rss_mb_each"]),
+                                str(m.get("probe_helper_peak_rss_mb", 0)),
                                 str(m["total_peak_pss_mb"])]))
     live = results.get("live")
     if live:

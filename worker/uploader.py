@@ -24,9 +24,10 @@ from shared.settings import Settings
 from shared.timefmt import now
 from worker.assembly import BACKGROUND_IN_FLIGHT, PartCopier
 from worker.checkpoint import CheckpointStore, ChunkRecord, StreamStatus
-from worker.media import MediaInfo, probe_media
+from worker.media import MediaInfo
 from worker.metadata import build_metadata
 from worker.planning import MAX_PARTS, completion_spans
+from worker.prober import Prober
 from worker.runtime import StreamRuntime
 from worker.storage import Storage, UploadLost
 from worker.wal import Intent, WriteAheadLog
@@ -110,9 +111,11 @@ class Uploader:
         self._buffer = bytearray()
         self._verify_buffer = bytearray(VERIFY_PIECE)
         self.parts = PartCopier(storage, store, log)
+        self.prober = Prober(pulse)
 
     def close(self) -> None:
         self.parts.close()
+        self.prober.close()
 
     def _read_chunk(self, rt: StreamRuntime, offset: int, size: int) -> bytes | bytearray:
         """A chunk's bytes. Full chunks are read into one reused buffer: allocating (and
@@ -247,11 +250,11 @@ class Uploader:
             metrics.MEDIA_ERRORS.inc()
 
     def _probe(self, rt: StreamRuntime) -> MediaInfo:
-        """Probe through a descriptor opened beneath the watch dir, so PyAV, which opens
-        paths itself, reads exactly the verified file and nothing outside."""
+        """Probe (in the helper process, worker/prober.py) through a descriptor opened
+        beneath the watch dir, so PyAV reads exactly the verified file, nothing outside."""
         fd = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
         try:
-            return probe_media(f"/proc/self/fd/{fd}")
+            return self.prober.probe(fd)
         finally:
             os.close(fd)
 
