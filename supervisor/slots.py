@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.messages import Heartbeat
 from shared.settings import Settings
-from worker.process import run_worker
+from worker.entry import run_worker
 
 __all__ = ["WorkerSlot"]
 

@@ -23,7 +23,7 @@ from shared.s3 import make_client
 from shared.settings import Settings
 from worker.durability import StateWriteError, is_disk_full
 
-__all__ = ["run_worker", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "EXIT_STATE_WRITE_FAILED",
+__all__ = ["main", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "EXIT_STATE_WRITE_FAILED",
            "Draining"]
 
 EXIT_OK = 0
@@ -185,9 +185,23 @@ class Worker:
         return code
 
 
-def run_worker(slot: int, commands: Connection, heartbeats: Connection,
-               settings: Settings) -> None:
-    """Process entry point (spawned)."""
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena, and the part-copy
+    and mailbox threads each kept a few MB resident; two arenas are plenty for one
+    loop thread and I/O-bound helpers. Must run before any thread starts."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+def main(slot: int, commands: Connection, heartbeats: Connection,
+         settings: Settings) -> None:
+    """The worker process, from ``worker.entry.run_worker`` (spawned)."""
+    _limit_malloc_arenas()
     configure_logging(settings.log_level, settings.log_format, process=f"worker-{slot}",
                       pid=os.getpid())
     worker = Worker(slot, commands, heartbeats, settings)

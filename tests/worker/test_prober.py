@@ -48,13 +48,18 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_probe_runs_in_one_kept_helper(fd: int) -> None:
+def test_probe_runs_in_one_kept_helper(fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-helper")
+    monkeypatch.setenv("PROCESSOR_S3_BUCKET", "nor-this")
     pulses: list[int] = []
     prober = Prober(lambda: pulses.append(1))
     try:
         first = prober.probe(fd)
         helper = prober._proc
         assert helper is not None and helper.pid != os.getpid()
+        environ = Path(f"/proc/{helper.pid}/environ").read_bytes()
+        assert b"AWS_SECRET_ACCESS_KEY" not in environ, "the helper holds no credentials"
+        assert b"PROCESSOR_" not in environ
         second = prober.probe(fd)
         assert prober._proc is helper, "the helper is kept for the next probe"
     finally:
