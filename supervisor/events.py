@@ -40,21 +40,30 @@ class Inbox:
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._armed = True  # the next put writes a wake-up byte
 
     def put(self, item: object) -> None:
         self._queue.put(item)
+        if not self._armed:
+            return  # a wake-up byte is pending already, or the loop is draining
+        self._armed = False
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake already
 
     def drain(self) -> list[object]:
-        """Everything queued so far, oldest first; clears the wake-up pipe."""
+        """Everything queued so far, oldest first; clears the wake-up pipe.
+
+        Re-armed before the queue is emptied: an item put before that is taken
+        below, one put after it writes a new wake-up byte. So a burst of events
+        costs one byte and one loop turn, and none is left waiting unseen."""
         try:
             while os.read(self.wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._armed = True
         items = []
         while True:
             try:

@@ -66,7 +66,9 @@ class WorkerSlot:
         except (BrokenPipeError, OSError):
             return False
 
-    def read_heartbeats(self) -> None:
+    def read_heartbeats(self) -> bool:
+        """Take every message waiting; False once the pipe is closed (the worker is
+        exiting, and its process sentinel reports the exit)."""
         assert self.heartbeats is not None
         try:
             while self.heartbeats.poll():
@@ -75,7 +77,8 @@ class WorkerSlot:
                 if isinstance(message, Heartbeat):
                     self.last_report = message
         except (EOFError, OSError):
-            pass  # the process sentinel reports the exit
+            return False
+        return True
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.pid is not None and self.is_alive():
