@@ -517,19 +517,31 @@ def stop_py_spy(spy: subprocess.Popen[bytes] | None) -> None:
             spy.kill()
 
 
-def assembly_baseline(s3: Any, bucket: str, chunk_keys: list[str]) -> float:
-    """Seconds the server takes for a whole multipart part-copy assembly of
-    ``chunk_keys`` (copies one after another, then complete), by plain boto3."""
-    started = time.perf_counter()
-    key = "bench-assembly-baseline"
+def _copied_upload(s3: Any, bucket: str, key: str,
+                   chunk_keys: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """A multipart upload of ``key`` whose parts are copies of ``chunk_keys``, one
+    after another, by plain boto3: its id and parts, ready to complete."""
     upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     parts = []
     for n, ck in enumerate(chunk_keys, start=1):
         r = s3.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n,
                                 CopySource={"Bucket": bucket, "Key": ck})
         parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
+    return upload, parts
+
+
+def _complete(s3: Any, bucket: str, key: str, upload: str,
+              parts: list[dict[str, Any]]) -> None:
     s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
                                  MultipartUpload={"Parts": parts})
+
+
+def assembly_baseline(s3: Any, bucket: str, chunk_keys: list[str]) -> float:
+    """Seconds the server takes for a whole multipart part-copy assembly of
+    ``chunk_keys`` (copies one after another, then complete), by plain boto3."""
+    started = time.perf_counter()
+    key = "bench-assembly-baseline"
+    _complete(s3, bucket, key, *_copied_upload(s3, bucket, key, chunk_keys))
     return time.perf_counter() - started
 
 
@@ -538,25 +550,11 @@ def complete_baseline(s3: Any, bucket: str, chunk_keys: list[str], at_once: int)
     ``chunk_keys``, ``at_once`` such uploads completed together by plain boto3 (the
     parts are copied first, untimed): the part of finalization that is the server's
     when every part was copied while recording."""
-    uploads = []
-    for i in range(at_once):
-        key = f"bench-complete-baseline-{i}"
-        upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        parts = []
-        for n, ck in enumerate(chunk_keys, start=1):
-            r = s3.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n,
-                                    CopySource={"Bucket": bucket, "Key": ck})
-            parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
-        uploads.append((key, upload, parts))
-
-    def complete(item: tuple[str, str, list[dict[str, Any]]]) -> None:
-        key, upload, parts = item
-        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
-                                     MultipartUpload={"Parts": parts})
-
+    keys = [f"bench-complete-baseline-{i}" for i in range(at_once)]
+    uploads = {key: _copied_upload(s3, bucket, key, chunk_keys) for key in keys}
     started = time.perf_counter()
     with ThreadPoolExecutor(at_once) as pool:
-        list(pool.map(complete, uploads))
+        list(pool.map(lambda key: _complete(s3, bucket, key, *uploads[key]), keys))
     return time.perf_counter() - started
 
 
