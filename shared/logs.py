@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 import structlog
@@ -49,6 +50,16 @@ def configure_logging(level: str = "info", fmt: str = "json", **context: Any) ->
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str,
+                 lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Python warnings (e.g. watchdog's RuntimeWarning when inotify reuses a watch for
+    a fast-changing directory tree) as log lines: printed to stderr, they were text in
+    the middle of the JSON log."""
+    get_logger().warning("python_warning", category=category.__name__, message=str(message),
+                         source=f"{filename}:{lineno}")
 
 
 def get_logger() -> Any:
