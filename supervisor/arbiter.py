@@ -230,7 +230,8 @@ class Supervisor:
 
     def _reap(self, slot: WorkerSlot, now: float) -> None:
         pid = slot.pid
-        code = slot.reap()
+        code = slot.reap()  # closes its pipes: the epoll set is rebuilt without them
+        self._forget_selector()
         slot.process = None
         if pid is not None:
             multiprocess.mark_process_dead(pid)

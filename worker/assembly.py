@@ -165,13 +165,15 @@ class PartCopier:
         that took. Raises ``UploadLost`` when the upload turned out to be gone,
         ``StorageError`` when copies failed."""
         upload_id = rt.record.upload_id
-        self._settle(rt, pulse)  # earlier copies first: they may be stale
-        if rt.record.upload_id != upload_id:
-            raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
+
+        def settle() -> None:
+            self._settle(rt, pulse)
+            if rt.record.upload_id != upload_id:  # a copy found the upload gone
+                raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
+
+        settle()  # earlier copies first: they may be stale
         started = self.submit(rt)
-        self._settle(rt, pulse)
-        if rt.record.upload_id != upload_id:
-            raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
+        settle()
         missing = self.missing(rt)
         if missing:
             raise StorageError("upload_part_copy", ErrorKind.TRANSIENT,

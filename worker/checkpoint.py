@@ -161,16 +161,17 @@ class CheckpointStore:
 
     def commit_chunk(self, record: StreamRecord, chunk: ChunkRecord) -> None:
         """Record an acknowledged chunk together with the stream's new state."""
-        with _timed(), self._db.write_batch(sync=True) as batch:
-            batch.put(_chunk_key(record.stream_id, chunk.index),
-                      json.dumps(asdict(chunk)).encode())
-            batch.put(_stream_key(record.stream_id), record.to_json())
+        self._put_chunks(record, [chunk], sync=True)
 
     def commit_parts(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
         """Record part copies (chunk records with their part ETags) in one batch. Not
         synced: it survives a crash of the process (the OS holds it), and what a power
         loss takes is only copied again, an idempotent server-side request."""
-        with _timed(), self._db.write_batch(sync=False) as batch:
+        self._put_chunks(record, chunks, sync=False)
+
+    def _put_chunks(self, record: StreamRecord, chunks: list[ChunkRecord], *,
+                    sync: bool) -> None:
+        with _timed(), self._db.write_batch(sync=sync) as batch:
             for chunk in chunks:
                 batch.put(_chunk_key(record.stream_id, chunk.index),
                           json.dumps(asdict(chunk)).encode())

@@ -103,12 +103,7 @@ class Storage:
         for upload in listing.get("Uploads", []):
             if upload["Key"] != key or upload["UploadId"] == keep:
                 continue
-            try:
-                self._call("abort_multipart_upload", self.client.abort_multipart_upload,
-                           Key=key, UploadId=upload["UploadId"])
-            except StorageError as exc:
-                if exc.kind is not ErrorKind.NOT_FOUND:
-                    raise
+            self.abort_upload(key, upload["UploadId"])
             aborted += 1
         return aborted
 
@@ -117,28 +112,28 @@ class Storage:
         return str(self._call("create_multipart_upload", self.client.create_multipart_upload,
                               Key=key)["UploadId"])
 
-    def copy_part(self, key: str, upload_id: str, number: int, chunk_key: str) -> str:
-        """Copy a chunk object into part ``number``; its ETag. Runs on copy threads."""
+    def _call_upload(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """``_call`` for a request into a recorded multipart upload: an answer saying the
+        upload is gone is raised as ``UploadLost``."""
         try:
-            result = self._call("upload_part_copy", self.client.upload_part_copy, Key=key,
-                                UploadId=upload_id, PartNumber=number,
-                                CopySource={"Bucket": self.bucket, "Key": chunk_key})
+            return self._call(operation, fn, **kwargs)
         except StorageError as exc:
             if UploadLost.means(exc):
                 raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
             raise
+
+    def copy_part(self, key: str, upload_id: str, number: int, chunk_key: str) -> str:
+        """Copy a chunk object into part ``number``; its ETag. Runs on copy threads."""
+        result = self._call_upload("upload_part_copy", self.client.upload_part_copy, Key=key,
+                                   UploadId=upload_id, PartNumber=number,
+                                   CopySource={"Bucket": self.bucket, "Key": chunk_key})
         return str(result["CopyPartResult"]["ETag"])
 
     def complete_upload(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         """Complete with parts 1..n, whose ETags are ``etags`` in order."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
-        try:
-            self._call("complete_multipart_upload", self.client.complete_multipart_upload,
-                       Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-        except StorageError as exc:
-            if UploadLost.means(exc):
-                raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
-            raise
+        self._call_upload("complete_multipart_upload", self.client.complete_multipart_upload,
+                          Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
 
     def upload_exists(self, key: str, upload_id: str) -> bool | None:
         """Whether the multipart upload is still open; None when S3 cannot say now.

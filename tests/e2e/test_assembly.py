@@ -64,13 +64,19 @@ class Recording:
         return wait_until(alive, 60, what, tail, every=0.5)
 
 
-def test_parts_are_copied_while_the_file_is_recorded(make_processor: Any, client: Any,
-                                                     bucket: str, proxy: RecordingProxy) -> None:
+def _recording(make_processor: Any, size: int) -> tuple[Any, Recording]:
+    """A one-worker processor, started, and ``size`` random bytes to record into
+    ``cam.mp4`` (nothing written yet)."""
     processor = make_processor(workers=1, stream_timeout=3.0)
     processor.start()
     processor.wait_for_event("worker_started")
-    data = os.urandom(3 * CHUNK + 300_000)
-    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    return processor, Recording(processor.watch_dir / "cam.mp4", os.urandom(size))
+
+
+def test_parts_are_copied_while_the_file_is_recorded(make_processor: Any, client: Any,
+                                                     bucket: str, proxy: RecordingProxy) -> None:
+    processor, rec = _recording(make_processor, 3 * CHUNK + 300_000)
+    data = rec.data
     rec.write_to(3 * CHUNK + 100)
     rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2, 3},
                          "parts 1-3 copied while the file grows", processor.tail)
@@ -87,11 +93,8 @@ def test_an_upload_lost_in_s3_is_replaced(make_processor: Any, client: Any, buck
                                           proxy: RecordingProxy) -> None:
     """A bucket lifecycle rule (AbortIncompleteMultipartUpload) may abort the upload a
     long recording is being copied into: the next copy notices and starts a new one."""
-    processor = make_processor(workers=1, stream_timeout=3.0)
-    processor.start()
-    processor.wait_for_event("worker_started")
-    data = os.urandom(3 * CHUNK + 300_000)
-    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    processor, rec = _recording(make_processor, 3 * CHUNK + 300_000)
+    data = rec.data
     rec.write_to(2 * CHUNK + 100)
     rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2}, "parts 1-2 copied",
                          processor.tail)
@@ -111,11 +114,8 @@ def test_a_chunk_changed_after_its_copy_is_copied_again(make_processor: Any, cli
                                                         proxy: RecordingProxy) -> None:
     """MP4 muxers patch the header at the start of the file when they finish: chunk 0
     is uploaded again by verification, and its part copied again before completion."""
-    processor = make_processor(workers=1, stream_timeout=3.0)
-    processor.start()
-    processor.wait_for_event("worker_started")
-    data = bytearray(os.urandom(2 * CHUNK + 200_000))
-    rec = Recording(processor.watch_dir / "cam.mp4", bytes(data))
+    processor, rec = _recording(make_processor, 2 * CHUNK + 200_000)
+    data = bytearray(rec.data)
     rec.write_to(2 * CHUNK + 100)
     rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2}, "parts 1-2 copied",
                          processor.tail)
@@ -136,11 +136,8 @@ def test_an_unrecorded_upload_is_aborted_before_a_new_one_opens(
     """An upload S3 has for the final object but no checkpoint or log intent names (a
     crash right after it was created, with the log's tail then damaged) is aborted
     when the stream opens its own, so nothing is left to be billed."""
-    processor = make_processor(workers=1, stream_timeout=3.0)
-    processor.start()
-    processor.wait_for_event("worker_started")
-    data = os.urandom(2 * CHUNK + 100_000)
-    rec = Recording(processor.watch_dir / "cam.mp4", data)
+    processor, rec = _recording(make_processor, 2 * CHUNK + 100_000)
+    data = rec.data
     rec.write_to(100_000)  # less than a chunk: no upload opened yet
     (detected,) = processor.wait_for_event("stream_detected")
     key = f"{detected['object_prefix']}/cam.mp4"
