@@ -1,10 +1,10 @@
 """A write-ahead log of intents for S3 side effects in flight.
 
 Before a worker uploads a chunk or starts assembling a final object, it appends
-an *intent* and fsyncs it; when the effect is recorded in the checkpoint store it
-appends a *done* mark. After a crash, the intents without a done mark are what
-may have happened in S3 without being recorded: ``worker.recovery`` reconciles
-them with what S3 holds.
+an *intent* (fsynced, except for chunk uploads: see ``Uploader.upload_chunk``);
+when the effect is recorded in the checkpoint store it appends a *done* mark.
+After a crash, the intents without a done mark are what may have happened in S3
+without being recorded: ``Uploader.reconcile`` settles them with what S3 holds.
 
 Framing: ``<u32 length><u32 crc32(payload)><payload: JSON>``, little-endian. A
 record that is short, too long or fails its CRC ends the log: it and everything
@@ -117,11 +117,15 @@ class WriteAheadLog:
         """Intents without a done mark, oldest first."""
         return sorted(self._pending.values(), key=lambda i: i.seq)
 
-    def intend(self, op: str, **fields: Any) -> Intent:
-        """Durably record that ``op`` is about to happen; returns the intent to close later."""
+    def intend(self, op: str, *, durable: bool = True, **fields: Any) -> Intent:
+        """Record that ``op`` is about to happen; returns the intent to close later.
+
+        ``durable=False`` skips the fsync: the intent still survives a killed process
+        (it is in the kernel's page cache), only a power loss can drop it. Use it only
+        for effects that are safe to repeat blind after such a loss."""
         intent = Intent(self._next_seq, op, fields)
         self._next_seq += 1
-        self._append({"seq": intent.seq, "op": op, "f": fields}, sync=True)
+        self._append({"seq": intent.seq, "op": op, "f": fields}, sync=durable)
         self._pending[intent.seq] = intent
         return intent
 

@@ -244,3 +244,23 @@ def test_compaction_keeps_pending_intents(tmp_path: Path,
     reopened = WriteAheadLog(path)
     assert reopened.pending() == [keep]
     reopened.close()
+
+
+def test_only_durable_intents_are_fsynced_and_both_survive_a_killed_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk's intent skips the fsync, an assembly's does not; a writer that dies
+    without closing (kill -9) leaves both readable, since each append reaches the kernel."""
+    synced: list[int] = []
+    real_fsync = wal_module.os.fsync
+    monkeypatch.setattr(wal_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "intents.wal"
+    wal = WriteAheadLog(path)
+    synced.clear()  # the new file's directory
+    chunk = wal.intend("put_chunk", durable=False, stream_id="s", index=0)
+    assert synced == []
+    upload = wal.intend("open_upload", stream_id="s", key="k")
+    assert len(synced) == 1
+    late = wal.intend("put_chunk", durable=False, stream_id="s", index=1)
+    assert len(synced) == 1
+    # no close(): what a killed process leaves behind
+    assert WriteAheadLog(path).pending() == [chunk, upload, late]
