@@ -302,6 +302,8 @@ class StreamTracker:
         self.runtimes[record.stream_id] = rt
         if record.end_reason is None:
             self.current[record.rel_path] = record.stream_id
+        if record.status is StreamStatus.ACTIVE:
+            self.uploader.reserve_chunk_buffer(record.chunk_size)
         return rt
 
     def _unload(self, rt: StreamRuntime) -> None:
