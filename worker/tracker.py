@@ -54,10 +54,15 @@ class StreamTracker:
 
     # set-up
     def load(self, pending: list[Intent]) -> None:
-        """Resume every unfinished stream and queue the intents to reconcile."""
-        for record in self.store.streams():
+        """Resume every unfinished stream, forget finished lineages that nothing will
+        look at again, and queue the intents to reconcile."""
+        for record in list(self.store.streams()):
             if record.status is StreamStatus.ACTIVE:
                 self._add(record)
+            elif self.store.current_stream_id(record.rel_path) != record.stream_id:
+                self._forget(record, "superseded")
+            elif not self._exists(record.rel_path):
+                self._forget(record, "source_gone")
         for intent in pending:
             if intent.stream_id in self.runtimes:
                 self.intents[intent.stream_id].append(intent)
@@ -177,6 +182,10 @@ class StreamTracker:
                 chunks=len(rt.chunks), completed_at=record.completed_at or wall_now(),
                 reopen_count=record.reopen_count))
             self._unload(rt)  # a later event for its path loads it again
+            if self.store.current_stream_id(record.rel_path) != record.stream_id:
+                self._forget(record, "superseded")
+            elif record.end_reason == "source_deleted":
+                self._forget(record, "source_gone")
         return did
 
     def _advance(self, rt: StreamRuntime) -> bool:
@@ -234,6 +243,7 @@ class StreamTracker:
         if st is None or not stat.S_ISREG(st.st_mode):
             if record.status is StreamStatus.COMPLETE:
                 self._unload(rt)
+                self._forget(record, "source_gone")
             elif record.end_reason is None:
                 self._end(rt, "source_deleted")
             return
@@ -245,6 +255,7 @@ class StreamTracker:
                 self._end(rt, "source_replaced", reason=reason)
             else:
                 self._unload(rt)
+                self._forget(record, "superseded")
             self._new_stream(record.rel_path, st, reason=reason)
             return
         if (st.st_size, st.st_mtime_ns) != (record.size, record.mtime_ns):
@@ -310,6 +321,25 @@ class StreamTracker:
         self.runtimes.pop(rt.stream_id, None)
         if self.current.get(rt.record.rel_path) == rt.stream_id:
             del self.current[rt.record.rel_path]
+
+    def _forget(self, record: StreamRecord, reason: str) -> None:
+        """Drop a completed lineage's checkpoint once nothing can need it: its path has
+        a newer lineage, or its file is gone. Without this the store (and every start-up,
+        which reads it whole) grows with each recording ever made. Its objects in S3 stay.
+        The path is looked at again, in case a new file appeared there meanwhile."""
+        self.store.forget_stream(record.stream_id)
+        self.touched.add(record.rel_path)
+        self.log.info("stream_forgotten", stream_id=record.stream_id,
+                      rel_path=record.rel_path, reason=reason)
+
+    def _exists(self, rel_path: str) -> bool:
+        try:
+            lstat_beneath(self.settings.watch_dir, rel_path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # unreachable for now (permissions, a stale mount): keep it
+        return True
 
     # failures
     def _failed(self, rt: StreamRuntime, kind: ErrorKind, operation: str, detail: str) -> None:
