@@ -11,9 +11,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-__all__ = ["StreamKeys", "new_stream_id", "key_text", "MAX_STEM_CHARS"]
+__all__ = ["StreamKeys", "new_stream_id", "key_text", "MAX_STEM_CHARS", "MAX_KEY_BYTES"]
 
 MAX_STEM_CHARS = 100  # keeps keys well under S3's 1024-byte limit for long names
+MAX_KEY_BYTES = 1024  # S3's and MinIO's limit on a key's UTF-8 length
 _CHUNK_KEY = re.compile(r"/chunks/(\d{6,})$")
 
 
@@ -73,6 +74,11 @@ class StreamKeys:
     @property
     def metadata(self) -> str:
         return f"{self.prefix}/metadata.json"
+
+    @property
+    def longest_key_bytes(self) -> int:
+        """UTF-8 length of the longest key this stream writes (6-digit chunk keys)."""
+        return max(len(k.encode()) for k in (self.final_object, self.metadata, self.chunk(0)))
 
     @staticmethod
     def chunk_index(key: str) -> int | None:

@@ -15,7 +15,8 @@ __all__ = [
     "CHUNKS_REUPLOADED", "STREAMS_REOPENED",
     "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES", "S3_REQUESTS", "LAG_BYTES",
     "OLDEST_STREAM_AGE", "S3_READY", "WORKERS_ALIVE", "WORKERS_CONFIGURED",
-    "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS", "SOURCE_ERRORS", "MEDIA_ERRORS",
+    "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS", "SOURCE_ERRORS", "FILES_REFUSED",
+    "MEDIA_ERRORS",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -69,6 +70,9 @@ DISPATCH_SECONDS = Histogram(
     "receiving it.", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
 SOURCE_ERRORS = Counter(
     "processor_source_errors", "Attempts that could not read a source file (e.g. permissions).")
+FILES_REFUSED = Counter(
+    "processor_files_refused", "Files not uploaded because no S3 key can name them "
+    "(the stream's keys would pass 1024 bytes).")
 MEDIA_ERRORS = Counter(
     "processor_media_errors", "Streams completed whose file is not a readable MP4 "
     "(uploaded all the same, with media_error in metadata.json).")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared import metrics
-from shared.keys import StreamKeys, new_stream_id
+from shared.keys import MAX_KEY_BYTES, StreamKeys, new_stream_id
 from shared.messages import Completion, StreamProgress
 from shared.paths import lstat_beneath
 from shared.s3 import ErrorKind, StorageError
@@ -51,6 +51,7 @@ class StreamTracker:
         self.bucket_failures = 0
         self.bucket_retry_at = 0.0
         self.completions: deque[Completion] = deque(maxlen=20)
+        self.refused: set[str] = set()              # paths whose keys S3 would reject
 
     # set-up
     def load(self, pending: list[Intent]) -> None:
@@ -276,8 +277,19 @@ class StreamTracker:
 
     # transitions
     def _new_stream(self, rel_path: str, st: os.stat_result, reason: str) -> None:
+        stream_id = new_stream_id(rel_path)
+        key_bytes = StreamKeys(self.settings.s3_prefix, rel_path, stream_id).longest_key_bytes
+        if key_bytes > MAX_KEY_BYTES:
+            # S3 would answer KeyTooLongError to every request, forever: say so once and
+            # leave the file alone (a shorter --s3-prefix or directory path fixes it)
+            if rel_path not in self.refused:
+                self.refused.add(rel_path)
+                metrics.FILES_REFUSED.inc()
+                self.log.error("key_too_long", rel_path=rel_path, key_bytes=key_bytes,
+                               limit=MAX_KEY_BYTES)
+            return
         record = StreamRecord(
-            stream_id=new_stream_id(rel_path), rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
+            stream_id=stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
             chunk_size=self.settings.chunk_size, started_at=wall_now(), size=st.st_size,
             mtime_ns=st.st_mtime_ns)
         self.store.start_stream(record)

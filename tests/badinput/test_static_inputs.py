@@ -40,6 +40,8 @@ ON_MOTO = not os.environ.get("TEST_S3_ENDPOINT")
 if not ON_MOTO:
     ODD_NAMES["newline"] = "new\nline.mp4"
 DEEP = "/".join(f"level{i:02d}" for i in range(20)) + "/deep.mp4"
+# a legal path (1,010 bytes) whose keys would pass S3's 1024-byte limit
+TOO_LONG = "/".join(["d" * 250] * 4) + "/x.mp4"
 SECRET_MARKER = b"OUTSIDE-THE-WATCH-DIR-" + os.urandom(16).hex().encode()
 
 
@@ -80,6 +82,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, s3: S3Endpoint) -> Iterator
         for name in ODD_NAMES.values():
             inp.add(name, os.urandom(20_000))
         inp.add(DEEP, os.urandom(30_000))
+        too_long = watch / TOO_LONG  # not in inp.sources: it must not be uploaded
+        too_long.parent.mkdir(parents=True)
+        too_long.write_bytes(os.urandom(10_000))
+        with open(too_long, "ab") as f:  # more events for the same path
+            f.write(b"more")
         (watch / "dir.mp4").mkdir()                                # a directory named .mp4
         inp.add("box.mp4/inner.mp4", os.urandom(10_000))          # ... holding a stream
         os.symlink(outside / "secret.mp4", watch / "link.mp4")     # file symlink, outside
@@ -155,6 +162,20 @@ def test_twenty_levels_deep(inputs: Inputs) -> None:
     doc = inputs.doc(DEEP)
     check_stream(inputs.svc.client, inputs.svc.bucket, doc, inputs.sources[DEEP])
     assert doc["object_key"].startswith("streams/" + DEEP.rsplit("/", 1)[0] + "/")
+
+
+def test_path_too_long_for_an_s3_key_is_refused_once_with_a_clear_error(
+        inputs: Inputs) -> None:
+    """S3 rejects keys over 1024 bytes. Such a file gets one key_too_long error (not a
+    permanent-error retry loop), a metric, no stream and no object; the file stays."""
+    refused = inputs.svc.events("key_too_long")
+    assert [e["rel_path"] for e in refused] == [TOO_LONG]
+    assert refused[0]["key_bytes"] > refused[0]["limit"] == 1024
+    assert refused[0]["level"] == "error"
+    assert not inputs.svc.events("stream_detected", rel_path=TOO_LONG)
+    assert not [k for k in inputs.svc.object_keys() if "d" * 250 in k]
+    assert inputs.svc.metrics()["processor_files_refused_total"] == 1
+    assert (inputs.svc.watch_dir / TOO_LONG).stat().st_size == 10_004
 
 
 def test_directory_named_like_a_stream_is_not_one(inputs: Inputs) -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from shared.keys import MAX_STEM_CHARS, StreamKeys, new_stream_id
+from shared.keys import MAX_KEY_BYTES, MAX_STEM_CHARS, StreamKeys, new_stream_id
 
 
 def test_layout_with_rel_dir() -> None:
@@ -106,3 +106,28 @@ def test_every_key_stays_under_prefix(prefix: str, rel_path: str) -> None:
         assert key.startswith(head)
         assert ".." not in key.split("/") and "" not in key.split("/")[:-1]
         assert not key.startswith("/")
+
+
+def test_longest_key_bytes_counts_utf8_of_the_longest_key() -> None:
+    """A long file name makes the final object the longest key; a short one leaves
+    metadata.json and the chunk keys (13 characters after the prefix) the longest;
+    multi-byte characters count as their UTF-8 bytes."""
+    long_name = StreamKeys("streams", "d/" + "n" * 200 + ".mp4", "n-0a1b2c3d")
+    assert long_name.longest_key_bytes == len(long_name.final_object) == \
+        len("streams/d/n-0a1b2c3d/") + 204
+    short = StreamKeys("streams", "d/a.mp4", "a-0a1b2c3d")
+    assert short.longest_key_bytes == len(short.metadata) == len(short.chunk(0))
+    wide = StreamKeys("", "é/a.mp4", "a-0a1b2c3d")
+    assert wide.longest_key_bytes == 27 == len("é/a-0a1b2c3d/metadata.json") + 1
+
+
+def test_a_path_at_exactly_the_limit_fits() -> None:
+    """The boundary: keys of exactly MAX_KEY_BYTES are allowed, one byte more is not."""
+    stream_id = "x-0a1b2c3d"
+    overhead = len(f"streams//{stream_id}/metadata.json")
+    rel_dir = "/".join(["d" * 200] * 4)
+    rel_dir += "/" + "e" * (MAX_KEY_BYTES - overhead - len(rel_dir) - 1)
+    fits = StreamKeys("streams", rel_dir + "/x.mp4", stream_id)
+    assert fits.longest_key_bytes == MAX_KEY_BYTES
+    assert StreamKeys("streams", rel_dir + "e/x.mp4", stream_id).longest_key_bytes == \
+        MAX_KEY_BYTES + 1
