@@ -391,6 +391,12 @@ class Uploader:
             except UploadLost as exc:
                 self.parts.lose(rt, exc)
                 raise
+            except StorageError as exc:
+                # Ceph RGW answers a complete of an aborted upload with 500 ("completion
+                # already in progress"), not NoSuchUpload: ask, or it is retried forever
+                if self.storage.upload_exists(key, upload_id) is False:
+                    self.parts.lose(rt, exc)
+                raise
             rt.record = rt.record.evolve(upload_id=None)  # saved with the completion
             clock.lap("complete")
         size = self.storage.object_size(key)

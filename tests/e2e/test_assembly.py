@@ -149,3 +149,34 @@ def test_an_unrecorded_upload_is_aborted_before_a_new_one_opens(
     assert aborted and aborted[0]["uploads"] == 1, processor.tail()
     assert _uploads(client, bucket) == []
     assert stray not in {u["UploadId"] for u in _uploads(client, bucket)}
+
+
+def test_an_upload_gone_when_completing_is_replaced_even_if_s3_answers_500(
+        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
+    """The upload is aborted just before its CompleteMultipartUpload, and the server
+    answers that (and every later complete of it) with a 500, as Ceph RGW does ("this
+    multipart completion is already in progress") where AWS says NoSuchUpload: the
+    worker asks S3 whether the upload still exists and starts a new one."""
+    processor, rec = _recording(make_processor, 2 * CHUNK + 300_000)
+    rec.write_to(2 * CHUNK + 100)
+    rec.keep_alive_until(lambda: _parts(client, bucket) == {1, 2}, "parts 1-2 copied",
+                         processor.tail)
+    (upload,) = _uploads(client, bucket)
+    gone = upload["UploadId"]
+
+    def completes_gone_upload(head: Any) -> bool:
+        if head.method != "POST" or head.query.get("uploadId") != gone:
+            return False
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=gone)
+        except client.exceptions.NoSuchUpload:
+            pass  # aborted by an earlier attempt
+        return True
+
+    proxy.set_faults(match=completes_gone_upload, error_share=1.0, error_status=500)
+    rec.write_to(len(rec.data))
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, rec.data)
+    lost = [e for e in processor.events() if e.get("event") == "multipart_lost"]
+    assert [e["upload_id"] for e in lost] == [gone], processor.tail()
+    assert _uploads(client, bucket) == []
