@@ -28,9 +28,10 @@ head was parsed and before any of its bytes are sent upstream.  It may sleep
 Built-in faults (:meth:`RecordingProxy.set_faults`, thread-safe, changeable at
 any time; random choices come from a seeded RNG):
 
-- ``refuse``: close every accepted connection at once (nothing reaches the
-  server); :meth:`stop_listening` / :meth:`resume_listening` instead make the
-  port refuse connections at the TCP level;
+- ``refuse``: close every accepted connection at once, and a kept-alive one at
+  its next request (nothing reaches the server); :meth:`stop_listening` /
+  :meth:`resume_listening` instead make the port refuse connections at the TCP
+  level;
 - :meth:`stall`: for N seconds, accept connections and read requests but
   forward nothing; each held connection is dropped when the stall ends;
 - ``latency``: seconds added before each request is forwarded;
@@ -501,6 +502,9 @@ class RecordingProxy:
     ) -> int | None:
         """Apply stall, latency and error faults to one request (raising _Abort when
         it must not be forwarded); return where to cut its body for a reset, if any."""
+        if self.faults.refuse:  # an outage ends connections kept alive, not only new ones
+            self._inject("refused", head)
+            raise _Abort()
         if self._stall_left() > 0:
             self._inject("stalled", head)
             self._hold(client)

@@ -441,6 +441,25 @@ def test_refuse_stop_listening_and_resume(
     assert [r.method for r in proxy.requests()] == ["HEAD"]
 
 
+def test_refuse_also_ends_a_connection_kept_alive(keepalive_upstream: str) -> None:
+    """An outage does not spare connections opened before it: the next request on a
+    kept-alive connection is dropped unforwarded (servers that keep connections alive,
+    unlike moto, would otherwise go on answering through the "outage")."""
+    with RecordingProxy(keepalive_upstream) as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(proxy), timeout=30)
+        conn.request("GET", "/before")
+        assert conn.getresponse().read() == b"echo:"
+        proxy.set_faults(refuse=True)
+        conn.request("GET", "/during")
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            conn.getresponse()
+        conn.close()
+        assert proxy.fault_counts() == {"refused": 1}
+        assert [r.path for r in proxy.requests()] == ["/before"]
+        assert proxy.errors == []
+    assert [s[1] for s in _Handler.seen] == ["/before"]
+
+
 def test_stall_holds_then_drops_without_forwarding(keepalive_upstream: str) -> None:
     with RecordingProxy(keepalive_upstream) as proxy:
         proxy.stall(1.0)
