@@ -60,10 +60,8 @@ class StreamTracker:
         for record in list(self.store.streams()):
             if record.status is StreamStatus.ACTIVE:
                 self._add(record)
-            elif self.store.current_stream_id(record.rel_path) != record.stream_id:
-                self._forget(record, "superseded")
-            elif not self._exists(record.rel_path):
-                self._forget(record, "source_gone")
+            elif self._finished_with(record):
+                self._forget(record)
         for intent in pending:
             if intent.stream_id in self.runtimes:
                 self.intents[intent.stream_id].append(intent)
@@ -146,6 +144,7 @@ class StreamTracker:
         return did
 
     def _attempt(self, rt: StreamRuntime) -> bool:
+        was_complete = rt.record.status is StreamStatus.COMPLETE
         try:
             did = self._advance(rt)
         except StorageError as exc:
@@ -175,7 +174,7 @@ class StreamTracker:
         if rt.failures:
             self.log.info("s3_recovered", stream_id=rt.stream_id, failures=rt.failures)
             rt.failures, rt.permanent_logged, rt.source_error_logged = 0, False, False
-        if rt.record.status is StreamStatus.COMPLETE:
+        if rt.record.status is StreamStatus.COMPLETE and not was_complete:
             record = rt.record
             self.completions.append(Completion(
                 stream_id=record.stream_id, rel_path=record.rel_path,
@@ -183,10 +182,8 @@ class StreamTracker:
                 chunks=len(rt.chunks), completed_at=record.completed_at or wall_now(),
                 reopen_count=record.reopen_count))
             self._unload(rt)  # a later event for its path loads it again
-            if self.store.current_stream_id(record.rel_path) != record.stream_id:
-                self._forget(record, "superseded")
-            elif record.end_reason == "source_deleted":
-                self._forget(record, "source_gone")
+            if self._finished_with(record):
+                self._forget(record)
         return did
 
     def _advance(self, rt: StreamRuntime) -> bool:
@@ -243,8 +240,8 @@ class StreamTracker:
             raise SourceError(f"cannot stat source: {exc.strerror}") from exc
         if st is None or not stat.S_ISREG(st.st_mode):
             if record.status is StreamStatus.COMPLETE:
-                self._unload(rt)
-                self._forget(record, "source_gone")
+                self._unload(rt)  # kept: the file may come back (a directory moved away
+                # and back, a mount not there yet), and must not be uploaded again then
             elif record.end_reason is None:
                 self._end(rt, "source_deleted")
             return
@@ -256,7 +253,7 @@ class StreamTracker:
                 self._end(rt, "source_replaced", reason=reason)
             else:
                 self._unload(rt)
-                self._forget(record, "superseded")
+                self._forget(record)
             self._new_stream(record.rel_path, st, reason=reason)
             return
         if (st.st_size, st.st_mtime_ns) != (record.size, record.mtime_ns):
@@ -334,24 +331,23 @@ class StreamTracker:
         if self.current.get(rt.record.rel_path) == rt.stream_id:
             del self.current[rt.record.rel_path]
 
-    def _forget(self, record: StreamRecord, reason: str) -> None:
-        """Drop a completed lineage's checkpoint once nothing can need it: its path has
-        a newer lineage, or its file is gone. Without this the store (and every start-up,
-        which reads it whole) grows with each recording ever made. Its objects in S3 stay.
-        The path is looked at again, in case a new file appeared there meanwhile."""
+    def _finished_with(self, record: StreamRecord) -> bool:
+        """A completed lineage nothing will look at again: its path has a newer one, or
+        it was ended early (its file deleted or replaced while recording), so whatever
+        is at the path now is another file. A normal completion stays, file or not."""
+        return record.status is StreamStatus.COMPLETE and (
+            record.end_reason is not None
+            or self.store.current_stream_id(record.rel_path) != record.stream_id)
+
+    def _forget(self, record: StreamRecord) -> None:
+        """Drop a finished lineage's checkpoint: without this the store (and every
+        start-up, which reads it whole) grows with each file ever replaced. Its objects
+        in S3 stay. The path is looked at again: a file there now is a new stream."""
+        reason = record.end_reason or "superseded"
         self.store.forget_stream(record.stream_id)
         self.touched.add(record.rel_path)
         self.log.info("stream_forgotten", stream_id=record.stream_id,
                       rel_path=record.rel_path, reason=reason)
-
-    def _exists(self, rel_path: str) -> bool:
-        try:
-            lstat_beneath(self.settings.watch_dir, rel_path)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True  # unreachable for now (permissions, a stale mount): keep it
-        return True
 
     # failures
     def _failed(self, rt: StreamRuntime, kind: ErrorKind, operation: str, detail: str) -> None:

@@ -160,11 +160,14 @@ class Uploader:
         data = self._read_chunk(rt, offset, size)
         digest = xxhash.xxh3_128_hexdigest(data)
         key = rt.keys.chunk(index)
-        # Not fsynced: a killed worker still finds this intent and settles the chunk with
-        # a HEAD; after a power loss that drops it, the chunk in flight is simply sent
-        # again (same key, same bytes), which the contract allows. Its record (below) is
-        # synced. One fsync less per chunk, on the path to the chunk being visible.
-        intent = self._intend("put_chunk", record.stream_id, index, durable=False,
+        # A new chunk's intent is not fsynced: a killed worker still finds it and settles
+        # the chunk with a HEAD; after a power loss that drops it, the chunk in flight is
+        # sent again (same key, same bytes), which the contract allows. Its record (below)
+        # is synced. One fsync less per chunk, on the path to the chunk being visible.
+        # A re-upload's intent is: its record already names other bytes, and if the file
+        # is gone after the loss, only the intent can tell that S3 holds the new ones.
+        intent = self._intend("put_chunk", record.stream_id, index,
+                              durable=index < len(rt.chunks),
                               rel_path=record.rel_path, offset=offset, size=size,
                               xxh3_128=digest, key=key)
         started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,9 @@ def test_path_too_long_for_an_s3_key_is_refused_once_with_a_clear_error(
         inputs: Inputs) -> None:
     """S3 rejects keys over 1024 bytes. Such a file gets one key_too_long error (not a
     permanent-error retry loop), a metric, no stream and no object; the file stays."""
+    wait_until(lambda: inputs.svc.events("key_too_long"), 30, "key_too_long",
+               inputs.svc.processor.tail)
+    time.sleep(1.0)  # its later events (the append) have been handled too
     refused = inputs.svc.events("key_too_long")
     assert [e["rel_path"] for e in refused] == [TOO_LONG]
     assert refused[0]["key_bytes"] > refused[0]["limit"] == 1024

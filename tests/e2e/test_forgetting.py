@@ -1,10 +1,14 @@
-"""End to end: a finished lineage's checkpoint is dropped once nothing can need it
-(its file is gone, or its path has a newer lineage), and only then; S3 keeps its objects."""
+"""End to end: a finished lineage's checkpoint is dropped once nothing can need it (its
+path has a newer lineage, or it was ended early because its file was deleted or
+replaced while recording), and only then; S3 keeps its objects. A normally completed
+file keeps its checkpoint even while it is missing, so it is not uploaded again when
+it comes back."""
 
 from __future__ import annotations
 
-import shutil
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from supervisor.inspection import read_state
 from tests.e2e.harness import check_stream, wait_for_metadata
 from tests.support.proxy import RecordingProxy
 from tests.support.videos import make_not_mp4
+from worker.checkpoint import CheckpointStore, StreamRecord, StreamStatus
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,21 +39,18 @@ def _forgotten(processor: Any, **match: str) -> list[dict[str, Any]]:
         "stream_forgotten", lambda e: all(e.get(k) == v for k, v in match.items()))
 
 
-def test_deleted_and_replaced_files_leave_no_checkpoint_behind(
+def test_replaced_and_ended_lineages_go_and_a_new_file_at_their_path_is_uploaded(
         make_processor: Any, client: Any, bucket: str) -> None:
-    """A completed file deleted, a completed file truncated (new lineage), and a file
-    deleted while growing: each old lineage's records go, the objects stay, and the
-    file that is still there keeps its checkpoint."""
+    """A completed file truncated (a new lineage follows) and a file deleted while
+    growing: each old lineage's records go, their objects stay, and a file written
+    later at the deleted path is a new stream (it used to be ignored)."""
     processor = make_processor(workers=2, stream_timeout=1.5)
     processor.start()
     data = make_not_mp4(processor.workdir / "src.bin", (3 << 20) + 777).read_bytes()
-    for name in ("kept.mp4", "deleted.mp4", "truncated.mp4"):
+    for name in ("kept.mp4", "truncated.mp4"):
         (processor.watch_dir / name).write_bytes(data)
     docs = {name: wait_for_metadata(client, bucket, name, processor=processor)
-            for name in ("kept.mp4", "deleted.mp4", "truncated.mp4")}
-
-    (processor.watch_dir / "deleted.mp4").unlink()
-    _forgotten(processor, stream_id=docs["deleted.mp4"]["stream_id"], reason="source_gone")
+            for name in ("kept.mp4", "truncated.mp4")}
 
     with open(processor.watch_dir / "truncated.mp4", "r+b") as f:  # same inode, shorter
         f.truncate(1 << 20)
@@ -63,41 +65,76 @@ def test_deleted_and_replaced_files_leave_no_checkpoint_behind(
     growing.unlink()
     gone = wait_for_metadata(client, bucket, "growing.mp4", processor=processor)
     assert gone["status"] == "source_deleted"
-    _forgotten(processor, stream_id=gone["stream_id"], reason="source_gone")
+    _forgotten(processor, stream_id=gone["stream_id"], reason="source_deleted")
+    growing.write_bytes(data)
+    again = wait_for_metadata(client, bucket, "growing.mp4", processor=processor,
+                              predicate=lambda d: d["stream_id"] != gone["stream_id"])
     _stop(processor)
 
     assert _recorded(processor) == {docs["kept.mp4"]["stream_id"]: "kept.mp4",
-                                    second["stream_id"]: "truncated.mp4"}
-    for name in ("kept.mp4", "deleted.mp4", "truncated.mp4"):
+                                    second["stream_id"]: "truncated.mp4",
+                                    again["stream_id"]: "growing.mp4"}
+    for name in ("kept.mp4", "truncated.mp4"):
         check_stream(client, bucket, docs[name], data)  # forgetting deletes nothing in S3
     check_stream(client, bucket, second, data[: 1 << 20])
+    check_stream(client, bucket, again, data)
 
 
-def test_file_deleted_while_stopped_is_forgotten_at_start_and_nothing_is_resent(
+def test_a_completed_file_moved_away_and_back_is_not_uploaded_again(
         make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy,
         tmp_path: Path) -> None:
-    """Start-up drops the checkpoint of a completed file that vanished meanwhile, keeps
-    the other, and sends nothing; the vanished path can then start over."""
-    processor = make_processor(workers=1, stream_timeout=1.5)
+    """Moved out while running, and out while stopped (as when a mount is not there
+    yet at start-up), then back: its checkpoint was kept, so nothing is sent."""
+    processor = make_processor(workers=1, stream_timeout=1.0)
     processor.start()
     data = make_not_mp4(tmp_path / "src.bin", (2 << 20) + 5).read_bytes()
-    for name in ("stays.mp4", "goes.mp4"):
+    for name in ("running.mp4", "stopped.mp4"):
         (processor.watch_dir / name).write_bytes(data)
     docs = {name: wait_for_metadata(client, bucket, name, processor=processor)
-            for name in ("stays.mp4", "goes.mp4")}
-    _stop(processor)
-
-    (processor.watch_dir / "goes.mp4").unlink()
+            for name in ("running.mp4", "stopped.mp4")}
+    aside = processor.workdir / "aside"
+    aside.mkdir()
     proxy.clear()
-    processor.start()
-    _forgotten(processor, stream_id=docs["goes.mp4"]["stream_id"], reason="source_gone")
-    processor.wait_for_event("worker_started")
+    os.rename(processor.watch_dir / "running.mp4", aside / "running.mp4")
+    time.sleep(2.5)  # seen missing by its worker
+    os.rename(aside / "running.mp4", processor.watch_dir / "running.mp4")
+    time.sleep(2.5)
     _stop(processor)
-    assert proxy.count("PUT") == 0 and proxy.count("POST") == 0
-    assert _recorded(processor) == {docs["stays.mp4"]["stream_id"]: "stays.mp4"}
 
-    shutil.copy(tmp_path / "src.bin", processor.watch_dir / "goes.mp4")
+    os.rename(processor.watch_dir / "stopped.mp4", aside / "stopped.mp4")
     processor.start()
-    again = wait_for_metadata(client, bucket, "goes.mp4", processor=processor,
-                              predicate=lambda d: d["stream_id"] != docs["goes.mp4"]["stream_id"])
-    check_stream(client, bucket, again, data)
+    processor.wait_for_event("worker_started")
+    time.sleep(2.5)  # the start-up scan has been handled
+    os.rename(aside / "stopped.mp4", processor.watch_dir / "stopped.mp4")
+    time.sleep(2.5)
+    _stop(processor)
+
+    assert proxy.count("PUT") == 0 and proxy.count("POST") == 0
+    assert not [e for e in processor.all_events() if e.get("event") == "stream_forgotten"]
+    assert _recorded(processor) == {doc["stream_id"]: name for name, doc in docs.items()}
+
+
+def test_a_lineage_ended_just_before_a_crash_does_not_block_its_path(
+        make_processor: Any, client: Any, bucket: str, tmp_path: Path) -> None:
+    """A kill between ending a replaced file's lineage and starting the next one leaves
+    the path pointing at a completed, ended lineage. Start-up drops it, so the file now
+    at the path is uploaded instead of being ignored for good."""
+    processor = make_processor(workers=1, stream_timeout=1.0)
+    data = make_not_mp4(tmp_path / "src.bin", (1 << 20) + 3).read_bytes()
+    processor.watch_dir.mkdir(parents=True)
+    target = processor.watch_dir / "cam.mp4"
+    target.write_bytes(data)
+    st = target.stat()
+    store = CheckpointStore(processor.state_dir / "worker-0")
+    ended = StreamRecord(stream_id="cam-0badc0de", rel_path="cam.mp4", dev=st.st_dev,
+                         ino=st.st_ino + 1, chunk_size=5 << 20, started_at=time.time() - 60,
+                         size=len(data), mtime_ns=st.st_mtime_ns)
+    store.start_stream(ended)
+    store.save_stream(ended.evolve(status=StreamStatus.COMPLETE, end_reason="source_replaced",
+                                   completed_at=time.time() - 30))
+    store.close()
+    processor.start()
+    _forgotten(processor, stream_id="cam-0badc0de", reason="source_replaced")
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    assert doc["stream_id"] != "cam-0badc0de"
+    check_stream(client, bucket, doc, data)
