@@ -198,6 +198,9 @@ class StreamTracker:
         if record.end_reason is not None:
             self.uploader.finalize(rt)
             return True
+        if record.size - len(rt.chunks) * record.chunk_size >= record.chunk_size // 2:
+            # half a chunk on disk: allocate the buffer now, not after the chunk's last byte
+            self.uploader.reserve_chunk_buffer(record.chunk_size)
         span = next_full_chunk(len(rt.chunks), record.size, record.chunk_size)
         if span is not None:
             self.uploader.upload_chunk(rt, span.index, span.size)
@@ -322,8 +325,6 @@ class StreamTracker:
         self.runtimes[record.stream_id] = rt
         if record.end_reason is None:
             self.current[record.rel_path] = record.stream_id
-        if record.status is StreamStatus.ACTIVE:
-            self.uploader.reserve_chunk_buffer(record.chunk_size)
         return rt
 
     def _unload(self, rt: StreamRuntime) -> None:

@@ -118,9 +118,10 @@ class Uploader:
         self.prober.close()
 
     def reserve_chunk_buffer(self, size: int) -> None:
-        """Allocate the full-chunk buffer ahead of the first full chunk: bytearray() zeroes
-        it, so its 2,560 page faults (10–66 ms on a loaded VM) land while the chunk is
-        still being written, not between its last byte and its upload."""
+        """Allocate the full-chunk buffer ahead of the first full chunk (the tracker asks
+        once half a chunk is on disk): bytearray() zeroes it, so its 2,560 page faults
+        (10–66 ms on a loaded VM) land while the chunk is still being written, not between
+        its last byte and its upload. Files under half a chunk never allocate it."""
         if len(self._buffer) != size:
             self._buffer = bytearray(size)
 
