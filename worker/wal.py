@@ -1,7 +1,7 @@
 """A write-ahead log of intents for S3 side effects in flight.
 
 Before a worker uploads a chunk or starts assembling a final object, it appends
-an *intent* (fsynced, except for chunk uploads: see ``Uploader.upload_chunk``);
+an *intent* (fsynced, except for a new chunk's upload: see ``Uploader.upload_chunk``);
 when the effect is recorded in the checkpoint store it appends a *done* mark.
 After a crash, the intents without a done mark are what may have happened in S3
 without being recorded: ``Uploader.reconcile`` settles them with what S3 holds.
