@@ -55,6 +55,9 @@ _FIRST_BOX_TYPES = frozenset(b"ftyp styp moov mdat free skip wide pdin uuid sidx
 # a multi-hour fragmented recording has a few hundred thousand at most.
 _MAX_BOXES = 2_000_000
 _MAX_MOOV_CHILDREN = 10_000
+# Options for every stream's decoder while probing (``options``, not ``stream_options``,
+# which PyAV refuses for formats that expose no streams before probing).
+_NO_DECODE = {"skip_frame": "all"}
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,9 @@ def _header_duration(container: av.container.InputContainer) -> float | None:
 def _probe_container(path: str, scan: _BoxScan) -> MediaInfo:
     fragmented = scan.fragmented
     try:
-        container = _av().open(path, mode="r")
+        # skip_frame=all: FFmpeg learns codec, size and duration from the headers and
+        # decodes no picture while probing (a 720p keyframe cost ~12 of the ~20 ms)
+        container = _av().open(path, mode="r", options=_NO_DECODE)
     except Exception as exc:  # noqa: BLE001 - FFmpeg errors, OSError, odd input
         return _failed(f"unreadable MP4: {_short(exc)}", fragmented)
     try:
