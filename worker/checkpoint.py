@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ class ChunkRecord:
     uploaded_at: float
     part_upload: str | None = None
     part_etag: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(vars(self)).encode()  # its fields are all JSON scalars
 
     def same_bytes(self, other: ChunkRecord) -> bool:
         """The same upload of the same bytes (whatever was copied from it since)."""
@@ -80,7 +83,7 @@ class StreamRecord:
         return self.mtime_ns / 1e9
 
     def to_json(self) -> bytes:
-        data = asdict(self)
+        data = dict(vars(self))  # not asdict(): it deep-copies, on every chunk commit
         data["status"] = self.status.value
         return json.dumps(data).encode()  # ASCII escapes keep undecodable names
 
@@ -173,8 +176,7 @@ class CheckpointStore:
                     sync: bool) -> None:
         with _timed(), self._db.write_batch(sync=sync) as batch:
             for chunk in chunks:
-                batch.put(_chunk_key(record.stream_id, chunk.index),
-                          json.dumps(asdict(chunk)).encode())
+                batch.put(_chunk_key(record.stream_id, chunk.index), chunk.to_json())
             batch.put(_stream_key(record.stream_id), record.to_json())
 
     def drop_chunks_from(self, record: StreamRecord, index: int) -> None:
