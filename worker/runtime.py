@@ -6,10 +6,11 @@ only observations (size, mtime, when it last changed) and backoff live here alon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.keys import StreamKeys
 from worker.checkpoint import CheckpointStore, ChunkRecord, StreamRecord
+from worker.settled import FileState
 
 __all__ = ["StreamRuntime"]
 
@@ -24,6 +25,9 @@ class StreamRuntime:
     failures: int = 0
     permanent_logged: bool = False
     source_error_logged: bool = False
+    # chunk index -> (the settled file's state before the chunk was read, its xxh3):
+    # completion need not read it again while the file is still in that state
+    settled: dict[int, tuple[FileState, str]] = field(default_factory=dict)
 
     @property
     def stream_id(self) -> str:

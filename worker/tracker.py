@@ -314,6 +314,7 @@ class StreamTracker:
                                   reopen_count=record.reopen_count + 1)
         self.store.drop_chunks_from(rt.record, len(keep))
         rt.chunks = list(keep)
+        rt.settled.clear()  # the file moved on: every chunk is read again at completion
         metrics.STREAMS_REOPENED.inc()
         self.log.info("stream_reopened", stream_id=rt.stream_id, rel_path=record.rel_path,
                       reopen_count=rt.record.reopen_count, size=record.size)

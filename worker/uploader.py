@@ -29,6 +29,7 @@ from worker.metadata import build_metadata
 from worker.planning import MAX_PARTS, completion_spans
 from worker.prober import Prober
 from worker.runtime import StreamRuntime
+from worker.settled import FileState, SettledFiles
 from worker.storage import Storage, UploadLost
 from worker.wal import Intent, WriteAheadLog
 
@@ -61,8 +62,9 @@ class SourceChanged(Exception):
     """The file changed under us (grew, shrank, replaced): observe again, no failure."""
 
 
-def _open_source(watch_dir: Path, rel_path: str, ino: int) -> int:
-    """A descriptor for the stream's file (inode ``ino``), reached through no symlink."""
+def _open_source(watch_dir: Path, rel_path: str, ino: int) -> tuple[int, os.stat_result]:
+    """A descriptor for the stream's file (inode ``ino``), reached through no symlink,
+    and its stat at opening."""
     try:
         fd = open_beneath(watch_dir, rel_path)
     except FileNotFoundError as exc:
@@ -73,14 +75,15 @@ def _open_source(watch_dir: Path, rel_path: str, ino: int) -> int:
     if st.st_ino != ino or not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise SourceChanged("file replaced")
-    return fd
+    return fd, st
 
 
 def _read_range(watch_dir: Path, rel_path: str, ino: int, offset: int, size: int,
-                into: bytearray | None = None) -> bytes | bytearray:
+                into: bytearray | None = None) -> tuple[bytes | bytearray, os.stat_result]:
     """Read ``size`` bytes at ``offset`` of the file with inode ``ino``, never via a symlink;
-    into the reusable buffer ``into`` when given (its length must be ``size``)."""
-    fd = _open_source(watch_dir, rel_path, ino)
+    into the reusable buffer ``into`` when given (its length must be ``size``). Also the
+    file's stat taken before the read."""
+    fd, st = _open_source(watch_dir, rel_path, ino)
     try:
         if into is None:
             data: bytes | bytearray = os.pread(fd, size, offset)
@@ -93,14 +96,15 @@ def _read_range(watch_dir: Path, rel_path: str, ino: int, offset: int, size: int
         os.close(fd)
     if read != size:
         raise SourceChanged("file shrank")
-    return data
+    return data, st
 
 
 class Uploader:
     """Performs the S3 work of one worker, one blocking call at a time."""
 
     def __init__(self, settings: Settings, store: CheckpointStore, wal: WriteAheadLog,
-                 storage: Storage, log: Any, pulse: Callable[[], None]) -> None:
+                 storage: Storage, log: Any, pulse: Callable[[], None],
+                 settled: SettledFiles | None = None) -> None:
         self.settings = settings
         self.store = store
         self.wal = wal
@@ -112,6 +116,7 @@ class Uploader:
         self._verify_buffer = bytearray(VERIFY_PIECE)
         self.parts = PartCopier(storage, store, log)
         self.prober = Prober(pulse)
+        self.settled = settled if settled is not None else SettledFiles()
 
     def close(self) -> None:
         self.parts.close()
@@ -125,10 +130,12 @@ class Uploader:
         if len(self._buffer) != size:
             self._buffer = bytearray(size)
 
-    def _read_chunk(self, rt: StreamRuntime, offset: int, size: int) -> bytes | bytearray:
-        """A chunk's bytes. Full chunks are read into one reused buffer: allocating (and
-        page-faulting) 10 MiB per chunk cost a quarter of the worker's CPU. The buffer is
-        valid until the next read; boto3 sends a bytearray as it is."""
+    def _read_chunk(self, rt: StreamRuntime, offset: int,
+                    size: int) -> tuple[bytes | bytearray, os.stat_result]:
+        """A chunk's bytes, and the file's stat before they were read. Full chunks are read
+        into one reused buffer: allocating (and page-faulting) 10 MiB per chunk cost a
+        quarter of the worker's CPU. The buffer is valid until the next read; boto3 sends
+        a bytearray as it is."""
         record = rt.record
         if size != record.chunk_size:
             return _read_range(self.settings.watch_dir, record.rel_path, record.ino, offset, size)
@@ -158,7 +165,7 @@ class Uploader:
         """Upload chunk ``index`` (new, or a replacement of one whose bytes changed)."""
         record = rt.record
         offset = index * record.chunk_size
-        data = self._read_chunk(rt, offset, size)
+        data, before = self._read_chunk(rt, offset, size)
         digest = xxhash.xxh3_128_hexdigest(data)
         key = rt.keys.chunk(index)
         # A new chunk's intent is not fsynced: a killed worker still finds it and settles
@@ -176,6 +183,11 @@ class Uploader:
         elapsed = time.monotonic() - started
         self._commit_chunk(rt, ChunkRecord(index, offset, size, digest, now()))
         self._done(intent)
+        proof = self.settled.proof(before)
+        if proof is not None:
+            rt.settled[index] = (proof, digest)
+        else:
+            rt.settled.pop(index, None)
         metrics.CHUNKS_UPLOADED.inc()
         metrics.UPLOADED_BYTES.inc(size)
         metrics.CHUNK_UPLOAD_SECONDS.observe(elapsed)
@@ -225,7 +237,7 @@ class Uploader:
                 self.upload_chunk(rt, span.index, span.size)
                 self.pulse()
             clock.lap("tail")
-            self._verify(rt)
+            verified = self._verify(rt)
             self._check_unchanged(rt)
             clock.lap("verify")
             media = self._probe(rt)
@@ -235,6 +247,7 @@ class Uploader:
             media = MediaInfo(None, None, None, None, None,
                               error=f"{record.end_reason.replace('_', ' ')} before completion")
             status = record.end_reason
+            verified = {}
         object_key: str | None = rt.keys.final_object
         copied_late = 0
         if len(rt.chunks) > MAX_PARTS:
@@ -262,14 +275,15 @@ class Uploader:
                       chunks=len(rt.chunks), chunks_reuploaded=record.chunks_reuploaded,
                       media_duration_seconds=document["media_duration_seconds"],
                       media_error=document.get("media_error"), reopen_count=record.reopen_count,
-                      parts_copied_at_completion=copied_late, seconds=clock.laps)
+                      parts_copied_at_completion=copied_late, chunks_verified=verified,
+                      seconds=clock.laps)
         if document.get("media_error"):
             metrics.MEDIA_ERRORS.inc()
 
     def _probe(self, rt: StreamRuntime) -> MediaInfo:
         """Probe (in the helper process, worker/prober.py) through a descriptor opened
         beneath the watch dir, so PyAV reads exactly the verified file, nothing outside."""
-        fd = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
+        fd, _ = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
         try:
             return self.prober.probe(fd)
         finally:
@@ -284,21 +298,33 @@ class Uploader:
                                                        rt.record.mtime_ns):
             raise SourceChanged("file changed during finalization")
 
-    def _verify(self, rt: StreamRuntime) -> None:
-        """Re-read every chunk; re-upload those whose bytes changed since their upload
-        (MP4 muxers patch headers after the fact)."""
+    def _verify(self, rt: StreamRuntime) -> dict[str, int]:
+        """Check every chunk against the file; re-upload those whose bytes changed since
+        their upload (MP4 muxers patch headers after the fact). A chunk read from a file
+        that had settled, and that is still in that state, is known unchanged without a
+        read (worker/settled.py); every other chunk is read and hashed again. Returns how
+        many chunks were checked each way."""
+        fd, st = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
+        os.close(fd)
+        now_state = FileState.of(st)
+        counts = {"read": 0, "settled": 0}
         for chunk in list(rt.chunks):
+            if rt.settled.get(chunk.index) == (now_state, chunk.xxh3_128):
+                counts["settled"] += 1
+                continue
+            counts["read"] += 1
             if self._hash_range(rt, chunk.offset, chunk.size) != chunk.xxh3_128:
                 self.log.info("chunk_changed_on_disk", stream_id=rt.stream_id, index=chunk.index)
                 self.upload_chunk(rt, chunk.index, chunk.size)
                 metrics.CHUNKS_REUPLOADED.inc()
             self.pulse()
+        return counts
 
     def _hash_range(self, rt: StreamRuntime, offset: int, size: int) -> str:
         """xxh3-128 of the file's bytes at ``offset``, read 1 MiB at a time into one small
         buffer that stays in the CPU cache: 0.15 CPU-s per GiB against 0.20 for reading
         whole 10 MiB chunks and hashing them from memory (measured here)."""
-        fd = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
+        fd, _ = _open_source(self.settings.watch_dir, rt.record.rel_path, rt.record.ino)
         view = memoryview(self._verify_buffer)
         hasher = xxhash.xxh3_128()
         try:
