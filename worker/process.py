@@ -7,6 +7,7 @@ and every file descriptor are opened here, never inherited. SIGTERM only clears
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -149,6 +150,11 @@ class Worker:
         uploader = Uploader(self.settings, store, wal, storage, self.log, self.pulse)
         self.tracker = StreamTracker(self.settings, store, uploader, self.log, self.pulse)
         self.tracker.load(pending)
+        # What start-up built (botocore's service model, the client, modules) lives as
+        # long as the worker: keep it out of the collector's full passes, which walked it
+        # all every few hundred requests (perf: 2.4% of an uploading worker's CPU samples
+        # in the collector before, 0.8% after)
+        gc.freeze()
         threading.Thread(target=self._read_commands, name="mailbox", daemon=True).start()
         self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
                       pending_intents=len(pending))
