@@ -566,9 +566,13 @@ def bulk_breakdown(events: list[dict[str, Any]], started_wall: float) -> dict[st
     ready = [parse_ts(e["timestamp"]) for e in events if e.get("event") == "bucket_ready"]
     done = [parse_ts(e["timestamp"]) for e in events if e.get("event") == "stream_completed"]
     puts = [e["seconds"] for e in events if e.get("event") == "chunk_uploaded"]
+    verified = [e.get("chunks_verified") or {} for e in events
+                if e.get("event") == "stream_completed"]
     if not chunks or not done:
         return {}
     return {
+        "verified_by_read": sum(v.get("read", 0) for v in verified),
+        "verified_settled": sum(v.get("settled", 0) for v in verified),
         "start_to_bucket_ready_s": round(min(ready) - started_wall, 2),
         "start_to_first_chunk_s": round(min(chunks) - started_wall, 2),
         "first_to_last_full_chunk_s": round(max(full) - min(chunks), 2),
@@ -947,8 +951,9 @@ def report(results: dict[str, Any]) -> str:
         out.append("")
         out.append(row(["processor run", "start→first chunk s", "uploads s (first→last full)",
                         "last full chunk→last metadata s", "Σ PUT s", "PUT p50 s",
-                        "server part-copy, boto3 alone s (all parts)"]))
-        out.append(row(["---"] * 7))
+                        "server part-copy, boto3 alone s (all parts)",
+                        "chunks verified: re-read / settled"]))
+        out.append(row(["---"] * 8))
         for r in bulk:
             if r.name.startswith("processor") and not r.idle:
                 x = r.extra
@@ -956,7 +961,8 @@ def report(results: dict[str, Any]) -> str:
                                 str(x.get("first_to_last_full_chunk_s")),
                                 str(x.get("last_full_chunk_to_last_completed_s")),
                                 str(x.get("put_seconds_sum")), str(x.get("put_seconds_p50")),
-                                str(x.get("assembly_baseline_s_all"))]))
+                                str(x.get("assembly_baseline_s_all")),
+                                f"{x.get('verified_by_read')} / {x.get('verified_settled')}"]))
         out.append("")
         out.append(row(["processor run", "supervisor peak RSS MB", "worker peak RSS MB (max)",
                         "each worker", "probe helper peak RSS MB (max)",
