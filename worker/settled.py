@@ -9,18 +9,18 @@ nothing: a second page-cache copy and hash of every byte, 0.3 CPU-s per GiB here
 So a chunk read from a file that had *settled* skips the re-read, on this proof: the
 file's ``ctime`` (which every write, truncate, ``utime`` and rename moves, and no
 program can set back) was at least ``settle_seconds()`` old by this machine's clock
-when the chunk's read began, and at completion the file's device, inode, size,
-mtime and ctime are exactly what they were then. Any write after the read would have moved
+when the chunk's read began, and at completion the file's device, inode, size, mtime
+and ctime are exactly what they were then. Any write after the read would have moved
 ctime past the read's start. The age rule is there for the two ways a write can go
 unseen by ctime: a timestamp tick shared with the previous write, and a shared
 mapping that keeps writing into pages still dirty (the kernel stamps a mapped page's
 first write after writeback only); the age exceeds the kernel's dirty-page expiry
 plus its writeback interval, with room to spare.
 
-Only filesystems whose timestamps come from this kernel's clock and whose mapped
-writes are stamped qualify (``LOCAL_FILESYSTEMS``). NFS, SMB and FUSE take their
-times from a server whose clock and caching we cannot trust, tmpfs stamps no mapped
-write; their chunks are always read again.
+Only filesystems whose timestamps come from this kernel's clock and that write pages
+back qualify (``LOCAL_FILESYSTEMS``). NFS, SMB and FUSE take their times from a
+server whose clock and caching we cannot trust; tmpfs never writes a page back, so a
+mapped write there may never be stamped. Their chunks are always read again.
 """
 
 from __future__ import annotations
