@@ -177,15 +177,27 @@ def _write(watch: Path, name: str, size: int) -> bytes:
     return data
 
 
-def test_chunks_of_a_settled_unchanged_file_are_not_read_again(
-        environment: Callable[..., Any], tmp_path: Path) -> None:
-    """A file that had settled before its chunks were read and did not change since:
-    completion checks its state, not its bytes; the final object is still the file."""
-    tracker, storage, watch = environment(_as_if(tmp_path, "ext4", ahead=3600))
+@pytest.mark.parametrize(("case", "expected"), [
+    # settled before its chunks were read, unchanged since: its state is checked, not
+    # its bytes, and the final object is still the file
+    ("settled, ext4", {"read": 0, "settled": 3}),
+    # the real clock and settle time: a file written a moment ago has no proof
+    ("just written, ext4", {"read": 3, "settled": 0}),
+    # settled, but on a filesystem whose timestamps are not this kernel's
+    ("settled, nfs4", {"read": 3, "settled": 0}),
+])
+def test_how_completion_verifies_an_unchanged_file(
+        environment: Callable[..., Any], tmp_path: Path, case: str,
+        expected: dict[str, int]) -> None:
+    dev = os.stat(tmp_path).st_dev
+    settled = {"settled, ext4": _as_if(tmp_path, "ext4", ahead=3600),
+               "just written, ext4": SettledFiles(mounts=lambda: {dev: "ext4"}),
+               "settled, nfs4": _as_if(tmp_path, "nfs4", ahead=3600)}[case]
+    tracker, storage, watch = environment(settled)
     data = _write(watch, "cam.mp4", 2 * CHUNK + 12345)
     with capture_logs() as logs:
         completed = _complete(tracker, "cam.mp4", logs)
-    assert completed["chunks_verified"] == {"read": 0, "settled": 3}
+    assert completed["chunks_verified"] == expected
     assert _final_bytes(storage, completed, "cam.mp4") == data
 
 
@@ -209,25 +221,3 @@ def test_a_settled_file_written_after_its_chunks_were_read_is_read_again(
     assert [e["index"] for e in logs if e["event"] == "chunk_changed_on_disk"] == [0]
     assert completed["chunks_reuploaded"] == 1
     assert _final_bytes(storage, completed, "cam.mp4") == bytes(data)
-
-
-def test_every_chunk_of_a_file_still_being_written_is_read_again(
-        environment: Callable[..., Any], tmp_path: Path) -> None:
-    """The real clock and settle time: a file written a moment ago has no proof."""
-    dev = os.stat(tmp_path).st_dev
-    tracker, storage, watch = environment(SettledFiles(mounts=lambda: {dev: "ext4"}))
-    data = _write(watch, "cam.mp4", 2 * CHUNK + 12345)
-    with capture_logs() as logs:
-        completed = _complete(tracker, "cam.mp4", logs)
-    assert completed["chunks_verified"] == {"read": 3, "settled": 0}
-    assert _final_bytes(storage, completed, "cam.mp4") == data
-
-
-def test_every_chunk_on_a_network_filesystem_is_read_again(
-        environment: Callable[..., Any], tmp_path: Path) -> None:
-    tracker, storage, watch = environment(_as_if(tmp_path, "nfs4", ahead=3600))
-    data = _write(watch, "cam.mp4", 2 * CHUNK + 12345)
-    with capture_logs() as logs:
-        completed = _complete(tracker, "cam.mp4", logs)
-    assert completed["chunks_verified"] == {"read": 3, "settled": 0}
-    assert _final_bytes(storage, completed, "cam.mp4") == data
