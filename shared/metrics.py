@@ -39,6 +39,10 @@ CHUNK_UPLOAD_SECONDS = Histogram(
 CHUNKS_REUPLOADED = Counter(
     "processor_chunks_reuploaded",
     "Chunks uploaded again because their bytes changed on disk after upload.")
+CHUNKS_VERIFIED = Counter(
+    "processor_chunks_verified", "Chunks checked against their file at completion, by how: "
+    "read (read and hashed again) or settled (their file provably unchanged since it had "
+    "settled before they were read).", ["by"])
 STREAMS_REOPENED = Counter(
     "processor_streams_reopened", "Completed streams whose file grew or changed again.")
 WORKER_RESTARTS = Counter(

@@ -318,6 +318,8 @@ class Uploader:
                 self.upload_chunk(rt, chunk.index, chunk.size)
                 metrics.CHUNKS_REUPLOADED.inc()
             self.pulse()
+        for by, count in counts.items():
+            metrics.CHUNKS_VERIFIED.labels(by=by).inc(count)
         return counts
 
     def _hash_range(self, rt: StreamRuntime, offset: int, size: int) -> str:

@@ -20,6 +20,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from shared import metrics
 from shared.s3 import make_client
 from shared.settings import Settings
 from tests.support.s3server import S3Endpoint, unique_bucket_name
@@ -195,9 +196,12 @@ def test_how_completion_verifies_an_unchanged_file(
                "settled, nfs4": _as_if(tmp_path, "nfs4", ahead=3600)}[case]
     tracker, storage, watch = environment(settled)
     data = _write(watch, "cam.mp4", 2 * CHUNK + 12345)
+    counted = {by: metrics.CHUNKS_VERIFIED.labels(by=by)._value.get() for by in expected}
     with capture_logs() as logs:
         completed = _complete(tracker, "cam.mp4", logs)
     assert completed["chunks_verified"] == expected
+    assert {by: metrics.CHUNKS_VERIFIED.labels(by=by)._value.get() - counted[by]
+            for by in expected} == expected
     assert _final_bytes(storage, completed, "cam.mp4") == data
 
 
