@@ -65,6 +65,7 @@ class Settings:
     s3_region: str = "us-east-1"
     create_bucket: bool = True
     keep_chunks: bool = True
+    trust_settled: bool = True
     metrics_port: int = 9100
     metrics_host: str = "0.0.0.0"
     drain_timeout: float = 25.0

@@ -158,6 +158,10 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
               help="Create the bucket if it is missing.")
 @click.option("--keep-chunks/--no-keep-chunks", default=True,
               help="Keep chunk objects after the final object is assembled.")
+@click.option("--trust-settled/--no-trust-settled", default=True,
+              help="Verify chunks of a file that had settled before they were read (ctime "
+                   "60 s old, local filesystem) by its unchanged state instead of reading "
+                   "them again at completion.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9100,
               help="Port of /metrics, /healthz, /readyz; 0 disables.")
 @click.option("--metrics-host", default="0.0.0.0")

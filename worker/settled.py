@@ -87,9 +87,10 @@ def filesystem_types(mountinfo: Path = MOUNTINFO) -> dict[int, str]:
 class SettledFiles:
     """Issues and checks the proof described above."""
 
-    def __init__(self, *, settle: float | None = None,
+    def __init__(self, *, enabled: bool = True, settle: float | None = None,
                  clock: Callable[[], float] = time.time,
                  mounts: Callable[[], dict[int, str]] = filesystem_types) -> None:
+        self.enabled = enabled  # off (--no-trust-settled): no proof, every chunk re-read
         self.settle = settle_seconds() if settle is None else settle
         self.clock = clock
         self.mounts = mounts
@@ -103,6 +104,7 @@ class SettledFiles:
         """For a stat taken before a read: the state to find again at completion, or
         None when the file had not settled (or lives where ctime cannot be trusted)."""
         last_change = max(st.st_ctime_ns, st.st_mtime_ns) / 1e9
-        if self.clock() - last_change < self.settle or not self.local(st.st_dev):
+        if (not self.enabled or self.clock() - last_change < self.settle
+                or not self.local(st.st_dev)):
             return None
         return FileState.of(st)

@@ -116,7 +116,8 @@ class Uploader:
         self._verify_buffer = bytearray(VERIFY_PIECE)
         self.parts = PartCopier(storage, store, log)
         self.prober = Prober(pulse)
-        self.settled = settled if settled is not None else SettledFiles()
+        self.settled = settled if settled is not None else SettledFiles(
+            enabled=settings.trust_settled)
 
     def close(self) -> None:
         self.parts.close()

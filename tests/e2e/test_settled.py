@@ -85,6 +85,20 @@ def test_a_settled_file_is_verified_without_a_second_read(
     assert _completed(processor)["chunks_verified"] == {"read": 0, "settled": 3}
 
 
+def test_without_trusting_settled_files_every_chunk_is_read_again(
+        make_processor: Any, client: Any, bucket: str, old_ext4: Callable[..., None],
+        tmp_path: Path) -> None:
+    """``--no-trust-settled`` (the contract's letter): the same old file, every chunk read
+    again at completion."""
+    data = make_video(tmp_path / "made.mp4", 8).read_bytes()
+    processor = make_processor(extra=["--no-trust-settled"])
+    old_ext4(processor.watch_dir, {"cam.mp4": data})
+    processor.start()
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    check_stream(client, bucket, doc, data)
+    assert _completed(processor)["chunks_verified"] == {"read": 3, "settled": 0}
+
+
 def test_a_settled_file_written_after_its_first_chunk_is_read_again(
         make_processor: Any, client: Any, bucket: str, old_ext4: Callable[..., None],
         tmp_path: Path) -> None:

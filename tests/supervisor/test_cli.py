@@ -80,8 +80,10 @@ def test_boolean_flags_from_environment(workdir: Path, monkeypatch: pytest.Monke
     """Boolean options read true/false from PROCESSOR_* variables."""
     monkeypatch.setenv("PROCESSOR_POLL", "true")
     monkeypatch.setenv("PROCESSOR_KEEP_CHUNKS", "false")
+    monkeypatch.setenv("PROCESSOR_TRUST_SETTLED", "false")
     s = settings([])
-    assert s.poll is True and s.keep_chunks is False
+    assert s.poll is True and s.keep_chunks is False and s.trust_settled is False
+    assert settings(["--trust-settled"]).trust_settled is True
 
 
 def test_sizes_extensions_and_prefix_are_normalised(workdir: Path) -> None:
