@@ -1,2 +1,2 @@
-"""The supervisor process: configuration, the watchdog observer, routing of path
+"""The supervisor process: configuration, the watch (watchdog), routing of path
 events to a fixed set of worker processes, their lifecycle, and the HTTP endpoint."""

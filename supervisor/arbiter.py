@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from supervisor.events import DirectoryChanged, Inbox, PathChanged, SignalReceiv
 from supervisor.http import BucketProbe, StatusServer
 from supervisor.migration import rebalance
 from supervisor.slots import WorkerSlot
-from supervisor.watcher import start_observer
+from supervisor.watcher import Change, Watcher, start_watcher
 from worker.durability import StateWriteError
 from worker.process import EXIT_STATE_UNAVAILABLE, EXIT_STATE_WRITE_FAILED
 
@@ -44,6 +45,7 @@ QUICK_EXIT = 10.0           # a worker dying sooner than this after start is cra
 MAX_STATE_FAILURES = 5
 TICK = 1.0
 HOUSEKEEPING_EVERY = 0.1  # reaping, restarts, heartbeat deadlines: not every event
+_WATCHER = object()       # the watcher's descriptor in the epoll set
 
 
 class State(enum.Enum):
@@ -62,7 +64,7 @@ class Supervisor:
         self.state = State.RUNNING
         self.exit_code = 0
         self.drain_deadline = 0.0
-        self.observer: Any = None
+        self.watcher: Watcher | None = None
         self.http: StatusServer | None = None
         self._selector: selectors.BaseSelector | None = None  # rebuilt when workers change
         self._housekept_at = 0.0
@@ -85,19 +87,19 @@ class Supervisor:
             self.http = StatusServer(self.settings.metrics_host, self.settings.metrics_port,
                                      self.health, BucketProbe(self.settings), self.snapshot)
             self.http.start()
-        self.observer = start_observer(self.settings, self.inbox)
+        self.watcher = start_watcher(self.settings, self.inbox)
         for slot in self.slots:
             self._start(slot)
         for rel in scan_streams(self.settings.watch_dir, self.settings.extensions,
                                 self.settings.recursive):
-            self._touch(rel)  # files present at start-up, after the observer started
+            self._touch(rel)  # files present at start-up, after the watch started
         self.log.info("supervisor_started", workers=self.settings.workers,
                       watch_dir=str(self.settings.watch_dir), bucket=self.settings.s3_bucket,
                       metrics_port=self.http.port if self.http else None)
         try:
             while self.state is not State.STOPPED:
-                worker_changed = self._wait()
-                self._dispatch(self.inbox.drain())
+                worker_changed, changes = self._wait()
+                self._dispatch(self.inbox.drain() + changes)
                 now = time.monotonic()
                 if worker_changed or now - self._housekept_at >= HOUSEKEEPING_EVERY \
                         or self.state is not State.RUNNING:
@@ -112,9 +114,10 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.put(SignalReceived(signum))
 
-    def _wait(self) -> bool:
-        """Sleep until the inbox, a worker's heartbeat pipe or its exit wakes us (or a
-        tick passes); read the heartbeats that arrived. True when a worker exited.
+    def _wait(self) -> tuple[bool, list[Change]]:
+        """Sleep until the watcher, the inbox, a worker's heartbeat pipe or its exit
+        wakes us (or a tick passes); read the file changes and heartbeats that arrived.
+        Returns whether a worker exited, and the changes.
 
         One epoll set, kept while the workers stay the same: with 500 growing files
         the loop turns ~250 times a second, and building a new poll set of every
@@ -122,21 +125,29 @@ class Supervisor:
         if self._selector is None:
             self._selector = self._build_selector()
         exited = False
+        changes: list[Change] = []
         for key, _ in self._selector.select(timeout=TICK):
             slot = key.data
             if slot is None:
                 continue  # the inbox: drained by the caller
+            if slot is _WATCHER:
+                if self.watcher is not None:
+                    changes = self.watcher.read()
+                continue
             if slot.process is not None and key.fd == slot.process.sentinel:
                 exited = True
             elif slot.heartbeats is not None and not slot.read_heartbeats():
                 self._selector.unregister(key.fd)  # closed: it would stay readable
         if exited:
             self._forget_selector()  # the dead worker's fds stay ready until reaped
-        return exited
+        return exited, changes
 
     def _build_selector(self) -> selectors.BaseSelector:
         selector = selectors.DefaultSelector()
         selector.register(self.inbox.wake_r, selectors.EVENT_READ, None)
+        watched = self.watcher.fileno() if self.watcher is not None else None
+        if watched is not None:
+            selector.register(watched, selectors.EVENT_READ, _WATCHER)
         for slot in self.slots:
             if slot.is_alive() and slot.heartbeats is not None and slot.process is not None:
                 selector.register(slot.heartbeats.fileno(), selectors.EVENT_READ, slot)
@@ -149,7 +160,7 @@ class Supervisor:
             self._selector = None
 
     # dispatch
-    def _dispatch(self, items: list[object]) -> None:
+    def _dispatch(self, items: Sequence[object]) -> None:
         paths: dict[str, float] = {}
         for item in items:
             if isinstance(item, SignalReceived):
@@ -192,7 +203,7 @@ class Supervisor:
         self.state = State.DRAINING
         self.drain_deadline = time.monotonic() + max(0.5, self.settings.drain_timeout - 1.0)
         self.log.info("drain_started", signal=reason, timeout=self.settings.drain_timeout)
-        self._stop_observer()
+        self._stop_watcher()
         for slot in self.slots:
             slot.send(Stop())
 
@@ -215,6 +226,8 @@ class Supervisor:
             if slot.restart_at is not None and now >= slot.restart_at \
                     and self.state is State.RUNNING:
                 self._start(slot, restart=True)
+        if self.watcher is not None and self.state is State.RUNNING:
+            self._dispatch(self.watcher.recover())
         if self.state is State.DRAINING:
             if not any(slot.is_alive() for slot in self.slots):
                 self.state = State.STOPPED
@@ -310,14 +323,14 @@ class Supervisor:
                 "chunk_size": self.settings.chunk_size, "workers": workers,
                 "streams": streams, "recent_completions": completions[:20]}
 
-    def _stop_observer(self) -> None:
-        if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
-            self.observer = None
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self._forget_selector()  # it holds the watcher's descriptor
+            self.watcher.close()
+            self.watcher = None
 
     def _shutdown(self) -> None:
-        self._stop_observer()
+        self._stop_watcher()
         for slot in self.slots:
             if slot.process is not None:
                 slot.process.join(timeout=0)

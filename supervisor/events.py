@@ -1,8 +1,9 @@
-"""The supervisor's one inbox: signal handlers and watchdog callbacks only put here.
+"""The supervisor's inbox: signal handlers and the polling observer's callbacks only
+put here.
 
 ``put`` also writes a byte to a wake-up pipe, so the main loop can wait on the
-pipe together with the workers' pipes and process sentinels in one
-``multiprocessing.connection.wait`` call.
+pipe together with the inotify descriptor, the workers' pipes and their process
+sentinels in one epoll wait.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["Inbox", "PathChanged", "DirectoryChanged", "SignalReceived"]
 
 @dataclass(frozen=True)
 class PathChanged:
-    """A file event from the observer (absolute path), and when it was seen (wall clock)."""
+    """A file event from the watcher (absolute path), and when it was seen (wall clock)."""
 
     path: str
     seen_at: float = 0.0

@@ -242,3 +242,20 @@ def test_polling_observer_finds_new_files(make_processor: Any, client: Any, buck
     shutil.copy(finished_video, processor.watch_dir / "sub" / "polled.mp4")
     doc = wait_for_metadata(client, bucket, "sub/polled.mp4", processor=processor)
     check_stream(client, bucket, doc, finished_video.read_bytes())
+
+
+def test_a_watch_dir_removed_and_made_again_is_watched_again(
+        make_processor: Any, client: Any, bucket: str, finished_video: Path) -> None:
+    """An operator's ``rm -rf`` and ``mkdir`` of the watch dir (or a remount) loses its
+    inotify watch; the supervisor watches it again, and files put there are uploaded."""
+    processor = make_processor(workers=1)
+    processor.start()
+    processor.wait_for_event("worker_started")
+    shutil.rmtree(processor.watch_dir)
+    processor.wait_for_event("watch_dir_lost", timeout=10)
+    processor.watch_dir.mkdir()
+    processor.wait_for_event("watch_dir_watched_again", timeout=10)
+    time.sleep(0.5)  # past the rescan: only the new watch can report it
+    shutil.copy(finished_video, processor.watch_dir / "again.mp4")
+    doc = wait_for_metadata(client, bucket, "again.mp4", processor=processor)
+    check_stream(client, bucket, doc, finished_video.read_bytes())
