@@ -9,8 +9,8 @@
 
 Why not watchdog's inotify ``Observer``: it hands every event through three threads
 (the inotify reader, the emitter, the dispatcher) and two queues before the main loop
-sees it. With 500 growing files that handoff cost 0.34–0.36 ms of CPU per event (11% of
-a core at 250 appends/s), against 0.14–0.15 ms read here (docs/BENCHMARKS.md).
+sees it. With 500 growing files that cost 0.29–0.36 ms of CPU per event (9–11% of a
+core at 250 appends/s), against 0.13–0.15 ms read here (``bench/watcher.py``).
 """
 
 from __future__ import annotations
