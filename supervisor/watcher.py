@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -87,9 +88,14 @@ class InotifyWatcher:
     A directory that appears (created or moved in) is watched with its whole tree and
     reported as a ``DirectoryChanged``, so files written into it before its watch
     existed are found by the supervisor's scan. One moved away stops being watched.
-    If the kernel's event queue overflows, the tree is watched again and the whole
-    watch dir is rescanned; if the watch dir itself goes away, ``recover`` watches it
-    again once it is back."""
+
+    The watch dir itself is checked by ``recover`` (device and inode, one ``stat`` per
+    call): deleted, it is watched again once it is back; replaced (``mv in in.old;
+    mkdir in``), the new one is watched and the old one's watches dropped. Neither
+    waits for the kernel's ``IN_IGNORED``, which comes late while a recorder still
+    holds a file open in the deleted directory, and never for a rename. If the
+    kernel's event queue overflows, the tree is watched afresh (watches of directories
+    moved away meanwhile are dropped) and the whole watch dir is rescanned."""
 
     def __init__(self, watch_dir: Path, recursive: bool) -> None:
         self.root = os.fspath(watch_dir)
@@ -103,8 +109,9 @@ class InotifyWatcher:
         os.set_inheritable(self._fd, False)
         self._path_of: dict[int, str] = {}  # watch descriptor -> directory
         self._wd_of: dict[str, int] = {}
-        self._root_lost = False
-        if not self._watch_tree(self.root):
+        self._root_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched root
+        self._failed: dict[str, int] = {}  # directory -> errno already logged
+        if not self._rewatch():
             os.close(self._fd)
             raise FileNotFoundError(errno.ENOENT, "cannot watch the watch dir", self.root)
 
@@ -150,11 +157,17 @@ class InotifyWatcher:
         return changes
 
     def recover(self) -> list[Change]:
-        if not self._root_lost or not os.path.isdir(self.root):
+        now_id = _identity(self.root)
+        if now_id == self._root_id and self.root in self._wd_of:
             return []
-        if not self._watch_tree(self.root):
+        if self._root_id is not None:  # a new directory may reuse the old inode number,
+            # so the kernel dropping the root's watch tells too
+            self.log.warning("watch_dir_lost", watch_dir=self.root,
+                             reason="replaced" if now_id is not None else "gone")
+            self._unwatch_all()
+            self._root_id = None
+        if now_id is None or not self._rewatch():
             return []
-        self._root_lost = False
         self.log.info("watch_dir_watched_again", watch_dir=self.root)
         return [DirectoryChanged(self.root)]
 
@@ -166,12 +179,29 @@ class InotifyWatcher:
         self._wd_of.clear()
 
     # the watches
-    def _watch_tree(self, top: str) -> bool:
-        """Watch ``top`` and, if recursive, every directory below it; False if ``top``
-        could not be watched. Each directory is watched before it is listed, so one
-        created meanwhile is either listed here or reported by its parent's watch."""
-        if not self._watch(top):
+    def _rewatch(self) -> bool:
+        """Watch the whole tree afresh, as it is now; drop the watches of directories
+        that are no longer in it. False (and nothing watched) if the root cannot be."""
+        root_id = _identity(self.root)
+        seen = self._watch_tree(self.root) if root_id is not None else None
+        if seen is None:
+            self._unwatch_all()
+            self._root_id = None
             return False
+        for wd in set(self._path_of) - seen:
+            self._unwatch(wd)
+        self._root_id = root_id
+        return True
+
+    def _watch_tree(self, top: str) -> set[int] | None:
+        """Watch ``top`` and, if recursive, every directory below it: the watch
+        descriptors, or None if ``top`` could not be watched. Each directory is watched
+        before it is listed, so one created meanwhile is either listed here or reported
+        by its parent's watch."""
+        wd = self._watch(top)
+        if wd is None:
+            return None
+        seen = {wd}
         pending = [top] if self.recursive else []
         while pending:
             directory = pending.pop()
@@ -182,49 +212,68 @@ class InotifyWatcher:
                                and entry.is_dir(follow_symlinks=False)]
             except OSError:
                 continue  # gone or unreadable already: its parent's events tell
-            pending += [sub for sub in subdirs if self._watch(sub)]
-        return True
+            for sub in subdirs:
+                sub_wd = self._watch(sub)
+                if sub_wd is not None:
+                    seen.add(sub_wd)
+                    pending.append(sub)
+        return seen
 
-    def _watch(self, directory: str) -> bool:
+    def _watch(self, directory: str) -> int | None:
         wd = inotify_add_watch(self._fd, os.fsencode(directory), _MASK)
         if wd < 0:
             error = ctypes.get_errno()
-            if error not in (errno.ENOENT, errno.ENOTDIR):  # gone, or a symlink now
+            if error not in (errno.ENOENT, errno.ENOTDIR) \
+                    and self._failed.get(directory) != error:  # gone, or a symlink now
+                self._failed[directory] = error  # logged once, not at every retry
                 hint = " (raise fs.inotify.max_user_watches)" if error == errno.ENOSPC else ""
                 self.log.error("watch_failed", directory=directory,
                                error=os.strerror(error) + hint)
-            return False
+            return None
+        self._failed.pop(directory, None)
         old = self._path_of.get(wd)  # the same directory, seen again (moved, or rescanned)
-        if old is not None and old != directory:
-            self._wd_of.pop(old, None)
+        if old is not None and old != directory and self._wd_of.get(old) == wd:
+            del self._wd_of[old]
         self._path_of[wd] = directory
         self._wd_of[directory] = wd
-        return True
+        return wd
 
     def _unwatch_tree(self, top: str) -> None:
         """A directory moved away: its events would name paths that are not there."""
         below = top + os.sep
-        for directory in [d for d in self._wd_of if d == top or d.startswith(below)]:
-            wd = self._wd_of.pop(directory)
-            self._path_of.pop(wd, None)
-            inotify_rm_watch(self._fd, WatchDescriptor(wd))  # its IN_IGNORED is then a no-op
+        for wd in [wd for wd, d in self._path_of.items() if d == top or d.startswith(below)]:
+            self._unwatch(wd)
+
+    def _unwatch_all(self) -> None:
+        for wd in list(self._path_of):
+            self._unwatch(wd)
+
+    def _unwatch(self, wd: int) -> None:
+        self._forget(wd)
+        inotify_rm_watch(self._fd, WatchDescriptor(wd))  # its IN_IGNORED is then a no-op
 
     def _forget(self, wd: int) -> None:
-        """The kernel dropped a watch: its directory was deleted or unmounted."""
+        """Drop a watch's path: removed by us, or by the kernel (directory deleted or
+        unmounted). The path may belong to a newer watch by now: that one stays."""
         directory = self._path_of.pop(wd, None)
-        if directory is None:
-            return
-        self._wd_of.pop(directory, None)
-        if directory == self.root:
-            self._root_lost = True
-            self.log.warning("watch_dir_lost", watch_dir=self.root)
+        if directory is not None and self._wd_of.get(directory) == wd:
+            del self._wd_of[directory]
 
     def _overflowed(self) -> list[Change]:
         self.log.warning("inotify_overflow", watch_dir=self.root,
                          action="watching and scanning the watch dir again")
-        if self._watch_tree(self.root):
-            self._root_lost = False
+        if not self._rewatch():
+            self.log.warning("watch_dir_lost", watch_dir=self.root, reason="gone")
         return [DirectoryChanged(self.root)]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """Device and inode of the directory at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 # --poll

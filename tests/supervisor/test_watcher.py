@@ -160,26 +160,98 @@ def test_a_watch_dir_deleted_and_made_again_is_watched_again(
     assert paths(collect(watcher, lambda c: bool(c))) == [str(watch / "x.mp4")]
 
 
-def test_a_queue_overflow_rescans_the_whole_watch_dir(watch: Path) -> None:
+def test_a_watch_dir_replaced_while_a_recorder_holds_a_file_in_it_is_watched_anew(
+        watcher: InotifyWatcher, watch: Path) -> None:
+    """The kernel keeps a deleted directory (and its watch) while a file in it is open,
+    so no IN_IGNORED tells: the new directory is found by its inode."""
+    with open(watch / "recording.mp4", "wb") as recording:
+        recording.write(b"x")
+        recording.flush()
+        collect(watcher, timeout=0.2)
+        for path in watch.iterdir():
+            path.unlink()
+        watch.rmdir()
+        watch.mkdir()
+        collect(watcher, timeout=0.2)
+        assert watcher.recover() == [DirectoryChanged(str(watch))]
+        (watch / "new.mp4").write_bytes(b"x")
+        recording.write(b"y")  # into the deleted directory: not a path in the watch dir
+        recording.flush()
+        assert paths(collect(watcher, timeout=0.5)) == [str(watch / "new.mp4")]
+    assert collect(watcher, timeout=0.3) == []  # its late IN_IGNORED changes nothing
+    assert watcher.watched() == [str(watch)]
+
+
+def test_a_rotated_watch_dir_is_followed_by_name_not_by_inode(
+        watcher: InotifyWatcher, watch: Path, tmp_path: Path) -> None:
+    """``mv in in.old; mkdir in``: the old directory's events would otherwise be
+    reported as paths in the new one."""
+    old = tmp_path / "in.old"
+    os.rename(watch, old)
+    watch.mkdir()
+    collect(watcher, timeout=0.2)
+    assert watcher.recover() == [DirectoryChanged(str(watch))]
+    (old / "late.mp4").write_bytes(b"x")
+    (watch / "new.mp4").write_bytes(b"x")
+    assert paths(collect(watcher, timeout=0.5)) == [str(watch / "new.mp4")]
+
+
+def test_a_directory_renamed_over_another_keeps_its_watch_until_moved_away(
+        watcher: InotifyWatcher, watch: Path, tmp_path: Path) -> None:
+    """``mv -T a b`` over an empty ``b``: b's late IN_IGNORED must not drop the
+    watch that now has its path, or moving b away would leave it reporting."""
+    (watch / "a").mkdir()
+    (watch / "b").mkdir()
+    collect(watcher, timeout=0.2)
+    os.rename(watch / "a", watch / "b")
+    collect(watcher, timeout=0.3)
+    assert watcher.watched() == [str(watch), str(watch / "b")]
+    os.rename(watch / "b", tmp_path / "outside")
+    collect(watcher, timeout=0.2)
+    (tmp_path / "outside" / "x.mp4").write_bytes(b"x")
+    assert collect(watcher, timeout=0.3) == []
+    assert watcher.watched() == [str(watch)]
+
+
+def _small_queue_watcher(watch: Path) -> InotifyWatcher:
     """The kernel's queue limit is read when an inotify instance is made: lowered for
     that moment only, it gives this watcher a 16-event queue to overflow for real."""
     if not os.access(MAX_QUEUED, os.W_OK):
         pytest.skip("needs root to lower fs.inotify.max_queued_events")
-    (watch / "sub").mkdir()
     saved = MAX_QUEUED.read_text()
     MAX_QUEUED.write_text("16\n")
     try:
-        w = InotifyWatcher(watch, recursive=True)
+        return InotifyWatcher(watch, recursive=True)
     finally:
         MAX_QUEUED.write_text(saved)
+
+
+def _overflow(watch: Path) -> None:
+    """40 new files: 120 events, none equal to the one before (which the kernel merges)."""
+    for i in range(40):
+        (watch / f"busy{i}.mp4").write_bytes(b"x")
+
+
+def test_a_directory_moved_away_during_an_overflow_is_no_longer_watched(
+        watch: Path, tmp_path: Path) -> None:
+    (watch / "sub").mkdir()
+    w = _small_queue_watcher(watch)
     try:
-        with open(watch / "busy.mp4", "wb") as f:
-            for _ in range(100):
-                f.write(b"x")
-                f.flush()
-                os.fsync(f.fileno())  # no two writes coalesce into one event
-            for i in range(40):
-                (watch / "sub" / f"{i}.mp4").write_bytes(b"x")
+        _overflow(watch)
+        os.rename(watch / "sub", tmp_path / "outside")  # its IN_MOVED_FROM is lost
+        assert dirs(collect(w, lambda c: bool(dirs(c)))) == [str(watch)]
+        assert w.watched() == [str(watch)]
+        (tmp_path / "outside" / "x.mp4").write_bytes(b"x")
+        assert paths(collect(w, timeout=0.3)) == []
+    finally:
+        w.close()
+
+
+def test_a_queue_overflow_rescans_the_whole_watch_dir(watch: Path) -> None:
+    (watch / "sub").mkdir()
+    w = _small_queue_watcher(watch)
+    try:
+        _overflow(watch)
         changes = collect(w, lambda c: bool(dirs(c)))
         assert dirs(changes) == [str(watch)]
         assert str(watch / "sub") in w.watched()
