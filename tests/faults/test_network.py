@@ -23,6 +23,7 @@ from tests.faults.common import (
 from tests.support.proxy import Faults
 from tests.support.s3server import free_port
 from tests.support.videos import make_video, start_live_writer
+from worker.assembly import BACKGROUND_IN_FLIGHT
 from worker.backoff import TRANSIENT_BASE, TRANSIENT_CAP
 
 pytestmark = pytest.mark.timeout(pick(200, 600))
@@ -81,11 +82,21 @@ def test_s3_outage(make_processor: Any, client: Any, bucket: str, proxy: Any,
         finish_writers(writers, timeout=outage + 120)
     finally:
         stop_writers(writers)
-    # the request rate stayed bounded by the backoff: per stream, as many attempts as
-    # the backoff allows, plus the /readyz probe (cached 5 s) and the bucket check
-    streams = len(names)
-    bound = streams * max_attempts(up_at - down_at) + (up_at - down_at) / 5 + 2 + streams
+    # The request rate stayed bounded by the backoff. Each stream backs off on two
+    # tracks: its chunk uploads (one request an attempt) and its background part copies
+    # (up to BACKGROUND_IN_FLIGHT copies an attempt, and one check that the upload still
+    # exists). Plus the /readyz probe (cached 5 s), the bucket check, and one request
+    # per stream in flight when the outage began. A loop without backoff would make
+    # thousands in this time.
+    streams, seconds = len(names), up_at - down_at
+    attempts = max_attempts(seconds)
+    bound = streams * attempts * (1 + BACKGROUND_IN_FLIGHT + 1) + seconds / 5 + 2 + streams
     assert len(refused) <= bound, f"{len(refused)} requests in the outage, bound {bound:.0f}"
+    # and it decays: waits double, so the second half of the outage sees fewer attempts
+    # than the first (the probe stops once /readyz said 503, within the first half)
+    halves = [sum(1 for f in refused if (f.at - down_at < seconds / 2) == first)
+              for first in (True, False)]
+    assert halves[1] < halves[0], f"requests in the outage's halves: {halves}"
     end_check(reliability, processor, client, bucket, proxy,
               {n: processor.watch_dir / n for n in names})
     _, text = http_get(f"{base}/metrics")
@@ -93,6 +104,7 @@ def test_s3_outage(make_processor: Any, client: Any, bucket: str, proxy: Any,
     reliability.seconds = time.monotonic() - started
     reliability.notes.update(
         requests_in_outage=len(refused), requests_per_second=round(rate, 2),
+        requests_by_half=halves,
         backoff_bound=round(bound), readyz_503_after_s=round(readyz_503_after, 1),
         readyz_200_after_s=round(readyz_200_after, 1),
         upload_retries=metric(text, "processor_upload_retries_total"))
