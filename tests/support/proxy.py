@@ -39,6 +39,9 @@ any time; random choices come from a seeded RNG):
   relayed (the server has done the work, the client does not know yet);
 - ``reset_share``: that share of requests with a body are forwarded in part,
   then both connections are reset (RST, ``SO_LINGER`` 0);
+- ``reset_first``: the first that many requests with a body (after the plan is
+  set) are reset whatever ``reset_share`` draws, so a short scenario cannot pass
+  without one;
 - ``error_share`` / ``error_status``: that share of requests is answered by
   the proxy itself with 503 ``SlowDown`` or 500 ``InternalError`` (a proper S3
   XML error body, ``Connection: close``) and never forwarded.
@@ -118,6 +121,7 @@ class Faults:
     refuse: bool = False
     latency: float = 0.0
     reset_share: float = 0.0
+    reset_first: int = 0
     error_share: float = 0.0
     error_status: int = 503
     response_delay: float = 0.0
@@ -127,6 +131,8 @@ class Faults:
         for name in ("reset_share", "error_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
+        if self.reset_first < 0:
+            raise ValueError("reset_first must be >= 0")
         if self.latency < 0 or self.response_delay < 0:
             raise ValueError("latency and response_delay must be >= 0")
         if self.error_status not in _ERRORS:
@@ -208,6 +214,7 @@ class RecordingProxy:
         self._stopping = threading.Event()
         self._faults = Faults()
         self._stall_until = 0.0
+        self._forced_resets = 0  # of Faults.reset_first, since the plan was set
         self._rng = random.Random(seed)
         self._injected: list[InjectedFault] = []
 
@@ -262,12 +269,14 @@ class RecordingProxy:
         """Replace the fault plan (``faults``), or change some of its fields."""
         with self._lock:
             self._faults = dataclasses.replace(faults or self._faults, **changes)
+            self._forced_resets = 0
             return self._faults
 
     def clear_faults(self) -> None:
         """Inject nothing from now on (ends a stall too)."""
         with self._lock:
             self._faults = Faults()
+            self._forced_resets = 0
             self._stall_until = 0.0
 
     def stall(self, seconds: float) -> None:
@@ -514,8 +523,11 @@ class RecordingProxy:
         length = _body_length(head.headers)
         with self._lock:
             error = applies and plan.error_share > 0 and self._rng.random() < plan.error_share
-            reset = (applies and not error and plan.reset_share > 0 and length != 0
-                     and self._rng.random() < plan.reset_share)
+            body = applies and not error and length != 0
+            forced = body and self._forced_resets < plan.reset_first
+            self._forced_resets += forced
+            reset = forced or (body and plan.reset_share > 0
+                               and self._rng.random() < plan.reset_share)
             cut = None
             if reset:  # never the whole body: the server must not get it complete
                 cut = (self._rng.randint(1, length - 1) if length > 1 else 0) \

@@ -422,6 +422,28 @@ def test_reset_mid_body_cuts_the_upload_and_the_server_keeps_nothing(
     assert last.answered_at is not None and last.answered_at >= last.started_at
 
 
+def test_reset_first_resets_the_first_bodies_whatever_the_share_draws(
+    endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
+) -> None:
+    from botocore.exceptions import BotoCoreError
+
+    s3 = endpoint.with_url(proxy.url).client(NO_RETRY)
+    body = os.urandom(64 * 1024)
+    proxy.set_faults(reset_first=2)  # reset_share 0: only the forced ones
+    s3.list_objects_v2(Bucket=bucket)  # bodyless: neither reset nor counted
+    for key in ("a", "b"):
+        with pytest.raises((BotoCoreError, ConnectionError)):
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumCRC32=crc32_b64(body))
+    s3.put_object(Bucket=bucket, Key="c", Body=body, ChecksumCRC32=crc32_b64(body))
+    assert proxy.fault_counts() == {"reset": 2}
+    proxy.set_faults(reset_first=1)  # a new plan counts afresh
+    with pytest.raises((BotoCoreError, ConnectionError)):
+        s3.put_object(Bucket=bucket, Key="d", Body=body, ChecksumCRC32=crc32_b64(body))
+    assert proxy.fault_counts() == {"reset": 3}
+    with pytest.raises(ValueError, match="reset_first"):
+        proxy.set_faults(reset_first=-1)
+
+
 def test_refuse_stop_listening_and_resume(
     endpoint: S3Endpoint, proxy: RecordingProxy, bucket: str
 ) -> None:
