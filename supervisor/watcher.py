@@ -72,10 +72,9 @@ C = InotifyConstants
 # What may mean new bytes, a new file or a file gone. Opens, reads and closes without
 # a write (the workers' own reads, every few hundred ms per stream) are not asked for,
 # so the kernel drops them instead of waking the loop.
-_MASK = (C.IN_CREATE | C.IN_MODIFY | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM | C.IN_MOVED_TO
-         | C.IN_DELETE | C.IN_ONLYDIR | C.IN_DONT_FOLLOW | C.IN_EXCL_UNLINK)
-_FILE_CHANGES = C.IN_CREATE | C.IN_MODIFY | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM \
-    | C.IN_MOVED_TO | C.IN_DELETE
+_FILE_CHANGES = (C.IN_CREATE | C.IN_MODIFY | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM
+                 | C.IN_MOVED_TO | C.IN_DELETE)
+_MASK = _FILE_CHANGES | C.IN_ONLYDIR | C.IN_DONT_FOLLOW | C.IN_EXCL_UNLINK
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _READ_SIZE = 256 * 1024          # ~10,000 events a read; the loop is woken again for more
 
