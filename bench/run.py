@@ -347,21 +347,42 @@ def video_set(cache: Path, smoke: bool) -> tuple[Path, list[Path]]:
     return directory, files
 
 
-def warm_set(cache: Path, work: Path, workers: int) -> tuple[Path, list[Path]]:
-    """One small finished MP4 per worker (0.5 s of video, ~40 KB), each named so that
-    it routes to a different worker: the warm idle run's input."""
+IDLE_REPEATS = 2  # idle and warm idle runs vary by ±0.3 CPU-s alone; their mean is used
+
+
+def mean_run(samples: list[Run]) -> Run:
+    """One run standing for several of the same client (the idle runs): mean wall and
+    CPU, the samples kept in ``extra["cpu_samples"]``, the rest from the last one."""
+    last = samples[-1]
+    if len(samples) == 1:
+        return last
+    n = len(samples)
+    extra = dict(last.extra, cpu_samples=[round(s.cpu, 2) for s in samples])
+    return Run(last.name, sum(s.wall for s in samples) / n,
+               sum(s.cpu_user for s in samples) / n, sum(s.cpu_sys for s in samples) / n,
+               last.nbytes, max((s.returncode for s in samples), key=abs), extra)
+
+
+def warm_set(cache: Path, work: Path, workers: int,
+             slots: set[int]) -> tuple[Path, list[Path]]:
+    """One small finished MP4 (0.5 s of video, ~40 KB) for each worker in ``slots``,
+    each named so that it routes to that worker: the warm idle run's input. Only the
+    workers the measured files land on are warmed: a worker that gets no file pays no
+    one-time cost in the measured run either, so warming it would subtract a cost the
+    run never had (8 files on 8 workers use 5 of them)."""
     tiny = cache / "warm" / "tiny.mp4"
     if not tiny.exists():
         tiny.parent.mkdir(parents=True, exist_ok=True)
         make_video(tiny.with_name(".tmp-tiny.mp4"), 0.5, seed=7)
         tiny.with_name(".tmp-tiny.mp4").rename(tiny)
-    directory = work / f"warm-{workers}w"
-    directory.mkdir()
+    directory = Path(tempfile.mkdtemp(prefix=f"warm-{workers}w-", dir=work))
     by_worker: dict[int, Path] = {}
     k = 0
-    while len(by_worker) < workers:
+    while len(by_worker) < len(slots):
         name = f"warm{k:03d}.mp4"
-        by_worker.setdefault(worker_for(name, workers), directory / name)
+        slot = worker_for(name, workers)
+        if slot in slots:
+            by_worker.setdefault(slot, directory / name)
         k += 1
     for path in by_worker.values():
         shutil.copyfile(tiny, path)
@@ -948,9 +969,9 @@ def report(results: dict[str, Any]) -> str:
                    "of the client's process tree (wait4); 'marginal' subtracts the same "
                    "client's idle run (start, connect, stop, no data); 'steady marginal' "
                    "subtracts the processor's warm idle run instead (start, one small file "
-                   "through each worker, stop), which also holds the one-time costs a "
-                   "long-running service pays once: each worker's probe helper and first "
-                   "request of each kind.")
+                   "through each worker the data lands on, stop), which also holds the "
+                   "one-time costs a long-running service pays once: each worker's probe "
+                   "helper and first request of each kind.")
         out.append("")
         out.append(row(["client", "wall s", "MB/s", "throughput vs boto3", "CPU s (user+sys)",
                         "CPU s/GiB", "vs boto3", "vs awscli", "marginal CPU s/GiB",
@@ -967,16 +988,19 @@ def report(results: dict[str, Any]) -> str:
                 f"{r.cpu:.2f} ({r.cpu_user:.2f}+{r.cpu_sys:.2f})", f"{r.cpu_per_gib:.2f}",
                 f"{r.cpu_per_gib / base.cpu_per_gib:.2f}x" if base else "-",
                 f"{r.cpu_per_gib / aws.cpu_per_gib:.2f}x" if aws else "-",
-                f"{m:.2f}", f"{m / base_m:.2f}x", f"{m / aws_m:.2f}x",
+                f"{m:.2f}", ratio(m, base_m), ratio(m, aws_m),
                 f"{sm:.2f}" if (sm := steady_marginal(r, idle)) == sm else "-",
-                f"{sm / aws_m:.2f}x" if sm == sm else "-"]))
+                ratio(sm, aws_m)]))
         out.append("")
-        out.append(row(["idle run (fixed cost)", "wall s", "CPU s (user+sys)"]))
-        out.append(row(["---"] * 3))
+        out.append(row(["idle run (fixed cost)", "wall s", "CPU s (user+sys)",
+                        "CPU s of each run (the mean is used)"]))
+        out.append(row(["---"] * 4))
         for r in bulk:
             if r.idle:
+                each = r.extra.get("cpu_samples", [round(r.cpu, 2)])
                 out.append(row([r.name, f"{r.wall:.2f}",
-                                f"{r.cpu:.2f} ({r.cpu_user:.2f}+{r.cpu_sys:.2f})"]))
+                                f"{r.cpu:.2f} ({r.cpu_user:.2f}+{r.cpu_sys:.2f})",
+                                " / ".join(f"{c:.2f}" for c in each)]))
         out.append("")
         out.append(row(["processor run", "start→first chunk s", "uploads s (first→last full)",
                         "last full chunk→last metadata s", "Σ PUT s", "PUT p50 s",
@@ -1052,11 +1076,16 @@ def marginal(r: Run, idle: dict[str, Run]) -> float:
     return (r.cpu - fixed.cpu) / (r.nbytes / GiB)
 
 
+def ratio(value: float, baseline: float) -> str:
+    """``value / baseline`` as "0.59x", or "-" when either is missing (NaN)."""
+    return f"{value / baseline:.2f}x" if value == value and baseline == baseline else "-"
+
+
 def steady_marginal(r: Run, idle: dict[str, Run]) -> float:
     """CPU s/GiB above the processor's warm idle run: start, one small file through
-    every worker (so each has started its probe helper and made each kind of S3 request
-    once), stop. What a long-running service pays per GiB once those one-time costs are
-    behind it."""
+    every worker the data lands on (so each has started its probe helper and made each
+    kind of S3 request once), stop. What a long-running service pays per GiB once those
+    one-time costs are behind it."""
     fixed = idle.get(r.name + " warm")
     if fixed is None or not r.nbytes:
         return float("nan")
@@ -1184,7 +1213,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 def warm(workers: int) -> Callable[[], Run]:
                     def run() -> Run:
-                        directory, tiny = warm_set(args.cache_dir, work, workers)
+                        used = {worker_for(p.relative_to(data_dir).as_posix(), workers)
+                                for p in files}
+                        directory, tiny = warm_set(args.cache_dir, work, workers, used)
                         return bulk_processor(ep, s3, work, directory, tiny, workers, 0)
                     return run
 
@@ -1228,9 +1259,13 @@ def main(argv: list[str] | None = None) -> int:
                             results["notes"].append("rclone not found: apt-get install rclone")
                 for name, fn in plan:
                     log(f"bulk: {name}")
-                    r = fn()
+                    samples = []
+                    for _ in range(1 if smoke or not name.endswith(" idle") else IDLE_REPEATS):
+                        samples.append(fn())
+                        log(f"bulk: {name}: {samples[-1].wall:.2f} s wall, "
+                            f"{samples[-1].cpu:.2f} CPU s")
+                    r = mean_run(samples)
                     r.name = name
-                    log(f"bulk: {name}: {r.wall:.2f} s wall, {r.cpu:.2f} CPU s")
                     runs.append(r)
                 results["bulk_runs"] = runs
             if "live" in sections:
