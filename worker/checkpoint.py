@@ -5,7 +5,12 @@ Keys:
   ``c/<stream_id>/<index:08d>``  one committed chunk (JSON)
   ``p/<relative path>``          the stream id of the path's current lineage
 
-Every change that must survive a crash is one synchronous write batch.
+Every change that must survive a crash is one synchronous write batch, with one
+exception: a new lineage is written without a sync, and synced before the first S3
+request that names it (``make_durable``). A killed worker keeps it either way (LevelDB
+hands every write to the OS at once), and a power loss before that request loses only
+a stream nothing outside knows of yet, which is detected again. LevelDB turns the log
+it recovers at open into a synced table, so nothing carries over unsynced.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class CheckpointStore:
         if create:
             directory.mkdir(parents=True, exist_ok=True)
         self._db = plyvel.DB(str(directory / "checkpoints.ldb"), create_if_missing=create)
+        self._unsynced: set[str] = set()  # lineages started without a sync
 
     def close(self) -> None:
         self._db.close()
@@ -152,11 +158,32 @@ class CheckpointStore:
             yield StreamRecord.from_json(raw)
 
     # writing: each method is one synchronous batch
-    def start_stream(self, record: StreamRecord) -> None:
-        """Record a new lineage and make it the path's current one."""
-        with _timed(), self._db.write_batch(sync=True) as batch:
+    def start_stream(self, record: StreamRecord, *, sync: bool = True) -> None:
+        """Record a new lineage and make it the path's current one. Unsynced, the worker
+        reacts to a new file without an fsync, which under the write-back of recordings
+        waited hundreds of ms (measured); ``make_durable`` must then precede any S3
+        request that names the stream."""
+        with _timed(), self._db.write_batch(sync=sync) as batch:
             batch.put(_stream_key(record.stream_id), record.to_json())
             batch.put(_path_key(record.rel_path), record.stream_id.encode())
+        if sync:
+            self._unsynced.discard(record.stream_id)
+        else:
+            self._unsynced.add(record.stream_id)
+
+    def make_durable(self, record: StreamRecord) -> None:
+        """Sync a lineage started unsynced (its record, and its path entry while it is
+        still the path's current one); nothing to do for any other."""
+        if record.stream_id not in self._unsynced:
+            return
+        with _timed(), self._db.write_batch(sync=True) as batch:
+            batch.put(_stream_key(record.stream_id), record.to_json())
+            if self.current_stream_id(record.rel_path) == record.stream_id:
+                batch.put(_path_key(record.rel_path), record.stream_id.encode())
+        self._unsynced.discard(record.stream_id)
+
+    def is_durable(self, stream_id: str) -> bool:
+        return stream_id not in self._unsynced
 
     def save_stream(self, record: StreamRecord) -> None:
         with _timed():
@@ -196,6 +223,7 @@ class CheckpointStore:
             batch.delete(_stream_key(stream_id))
             if record is not None and self.current_stream_id(record.rel_path) == stream_id:
                 batch.delete(_path_key(record.rel_path))
+        self._unsynced.discard(stream_id)
 
     # migration between workers
     def export_path(self, rel_path: str) -> list[tuple[bytes, bytes]]:

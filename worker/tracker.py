@@ -292,7 +292,7 @@ class StreamTracker:
             stream_id=stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
             chunk_size=self.settings.chunk_size, started_at=wall_now(), size=st.st_size,
             mtime_ns=st.st_mtime_ns)
-        self.store.start_stream(record)
+        self.store.start_stream(record, sync=False)  # synced before its first S3 request
         rt = self._add(record)
         rt.last_change = self._change_time(st)
         self.log.info("stream_detected", stream_id=record.stream_id, rel_path=rel_path,

@@ -165,6 +165,7 @@ class Uploader:
     def upload_chunk(self, rt: StreamRuntime, index: int, size: int) -> None:
         """Upload chunk ``index`` (new, or a replacement of one whose bytes changed)."""
         record = rt.record
+        self.store.make_durable(record)  # the key below names the stream
         offset = index * record.chunk_size
         data, before = self._read_chunk(rt, offset, size)
         digest = xxhash.xxh3_128_hexdigest(data)
@@ -231,6 +232,7 @@ class Uploader:
         """Tail, verify, assemble, probe, write metadata.json; raises SourceChanged when
         the file moved on, which simply sends the stream back to being watched."""
         record = rt.record
+        self.store.make_durable(record)  # a stream with no chunk gets its first S3 object here
         clock = _PhaseClock()
         if record.end_reason is None:
             self._check_unchanged(rt)
@@ -370,6 +372,7 @@ class Uploader:
 
     def _open_upload(self, rt: StreamRuntime) -> None:
         key = rt.keys.final_object
+        self.store.make_durable(rt.record)
         intent = self._intend("open_upload", rt.stream_id, -1, rel_path=rt.record.rel_path,
                               key=key)
         # no upload is recorded, so any of this key is a leftover the log could not name

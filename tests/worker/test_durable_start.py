@@ -1,0 +1,162 @@
+"""A new stream is recorded without an fsync and synced before S3 first hears of it.
+
+Driven in-process (a real tracker and uploader, real files, LevelDB and the test S3
+server), so that every S3 request can be checked, as botocore builds it, against the
+checkpoint's state at that moment. Nothing is faked; a power loss cannot be made here,
+so what is checked is the order: no request names a stream whose record is not synced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from shared.s3 import make_client
+from shared.settings import Settings
+from tests.support.s3server import S3Endpoint, unique_bucket_name
+from worker.checkpoint import CheckpointStore, StreamRecord
+from worker.storage import Storage
+from worker.tracker import StreamTracker
+from worker.uploader import Uploader
+from worker.wal import WriteAheadLog
+
+CHUNK = 5 << 20
+
+
+class Requests:
+    """Every S3 request of the worker: its operation, its key, and for each stream the
+    tracker knows, whether its checkpoint was durable when the request was made."""
+
+    def __init__(self, tracker: StreamTracker, store: CheckpointStore) -> None:
+        self.tracker = tracker
+        self.store = store
+        self.seen: list[tuple[str, str, dict[str, bool]]] = []
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        durable = {sid: self.store.is_durable(sid) for sid in self.tracker.runtimes}
+        self.seen.append((model.name, str(params.get("Key", "")), durable))
+
+    def naming(self, stream_id: str) -> list[tuple[str, bool]]:
+        return [(op, state[stream_id]) for op, key, state in self.seen if stream_id in key]
+
+    def unsynced_at_some_point(self, stream_id: str) -> bool:
+        return any(state.get(stream_id) is False for _, _, state in self.seen)
+
+
+@pytest.fixture
+def worker(tmp_path: Path, s3: S3Endpoint,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = unique_bucket_name("durable")
+    watch = tmp_path / "in"
+    watch.mkdir()
+    made: list[tuple[Uploader, CheckpointStore, WriteAheadLog]] = []
+
+    def build(stream_timeout: float) -> tuple[StreamTracker, Requests, Path]:
+        settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=CHUNK,
+                            stream_timeout=stream_timeout, s3_endpoint=s3.url,
+                            s3_bucket=bucket, s3_region=s3.region)
+        store = CheckpointStore(tmp_path / "state")
+        wal = WriteAheadLog(tmp_path / "state" / "intents.wal")
+        storage = Storage(make_client(settings), bucket)
+        log = structlog.get_logger()
+        uploader = Uploader(settings, store, wal, storage, log, pulse=lambda: None)
+        made.append((uploader, store, wal))
+        tracker = StreamTracker(settings, store, uploader, log, pulse=lambda: None)
+        requests = Requests(tracker, store)
+        storage.client.meta.events.register("provide-client-params.s3.*", requests)
+        return tracker, requests, watch
+
+    yield build
+    for uploader, store, wal in made:
+        uploader.close()
+        store.close()
+        wal.close()
+
+
+def _run_until(tracker: StreamTracker, done: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "tracker did not get there in time"
+        tracker.step()
+        time.sleep(0.02)
+
+
+def _completed(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "stream_completed"]
+
+
+def test_a_recording_is_synced_before_its_first_chunk_goes_up(
+        worker: Callable[..., Any]) -> None:
+    """Detected without an fsync; synced before its first chunk, and so before the
+    part copies and the completion that name it too."""
+    tracker, requests, watch = worker(stream_timeout=0.3)
+    (watch / "cam.mp4").write_bytes(os.urandom(2 * CHUNK + 777))
+    with capture_logs() as logs:
+        tracker.touch("cam.mp4")
+        _run_until(tracker, lambda: bool(_completed(logs)))
+    (detected,) = [e for e in logs if e["event"] == "stream_detected"]
+    stream_id = detected["stream_id"]
+    # detected without a sync: the bucket check of the same step saw it unsynced ...
+    assert requests.unsynced_at_some_point(stream_id)
+    # ... and every request naming it (chunks, part copies, completion) found it synced
+    naming = requests.naming(stream_id)
+    assert [op for op, _ in naming][:1] == ["PutObject"]
+    assert {op for op, _ in naming} >= {"PutObject", "CreateMultipartUpload",
+                                        "UploadPartCopy", "CompleteMultipartUpload"}
+    assert all(durable for _, durable in naming), naming
+
+
+def test_a_file_deleted_before_any_chunk_is_synced_before_its_metadata(
+        worker: Callable[..., Any]) -> None:
+    """The one stream whose first S3 object is not a chunk: deleted while under a chunk,
+    it is finalized from nothing (an empty object and metadata.json)."""
+    tracker, requests, watch = worker(stream_timeout=30)
+    (watch / "short.mp4").write_bytes(os.urandom(1000))
+    with capture_logs() as logs:
+        tracker.touch("short.mp4")
+        tracker.step()
+        (detected,) = [e for e in logs if e["event"] == "stream_detected"]
+        stream_id = detected["stream_id"]
+        assert requests.naming(stream_id) == []  # under a chunk and not idle: nothing sent
+        assert tracker.store.is_durable(stream_id) is False
+        (watch / "short.mp4").unlink()
+        tracker.touch("short.mp4")
+        _run_until(tracker, lambda: bool(_completed(logs)))
+    assert _completed(logs)[0]["status"] == "source_deleted"
+    naming = requests.naming(stream_id)
+    assert {op for op, _ in naming} >= {"PutObject"}  # the empty object, metadata.json
+    assert all(durable for _, durable in naming), naming
+
+
+def test_making_an_old_lineage_durable_leaves_the_path_with_the_new_one(
+        tmp_path: Path) -> None:
+    """A lineage ended early (its file replaced) is synced when it is finalized, after
+    the path moved on: the path must keep pointing at the newer lineage."""
+    store = CheckpointStore(tmp_path / "w")
+    old = StreamRecord(stream_id="cam-00000001", rel_path="cam.mp4", dev=1, ino=2,
+                       chunk_size=CHUNK, started_at=1.0)
+    new = StreamRecord(stream_id="cam-00000002", rel_path="cam.mp4", dev=1, ino=3,
+                       chunk_size=CHUNK, started_at=2.0)
+    store.start_stream(old, sync=False)
+    store.start_stream(new, sync=False)
+    assert not store.is_durable(old.stream_id) and not store.is_durable(new.stream_id)
+    store.make_durable(old)
+    assert store.is_durable(old.stream_id) and not store.is_durable(new.stream_id)
+    assert store.current_stream_id("cam.mp4") == new.stream_id
+    store.make_durable(new)
+    store.forget_stream(old.stream_id)
+    store.close()
+    reopened = CheckpointStore(tmp_path / "w")
+    assert reopened.current_stream_id("cam.mp4") == new.stream_id
+    assert reopened.stream(new.stream_id) == new
+    assert reopened.is_durable(new.stream_id)  # what LevelDB recovered at open is synced
+    reopened.close()
