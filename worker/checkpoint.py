@@ -6,11 +6,12 @@ Keys:
   ``p/<relative path>``          the stream id of the path's current lineage
 
 Every change that must survive a crash is one synchronous write batch, with one
-exception: a new lineage is written without a sync, and synced before the first S3
-request that names it (``make_durable``). A killed worker keeps it either way (LevelDB
-hands every write to the OS at once), and a power loss before that request loses only
-a stream nothing outside knows of yet, which is detected again. LevelDB turns the log
-it recovers at open into a synced table, so nothing carries over unsynced.
+exception: a new lineage is written without a sync, and synced by the tracker within
+a second, all new ones in one batch (``make_all_durable``), and in any case before the
+first S3 request that names it (``make_durable``). A killed worker keeps it either way
+(LevelDB hands every write to the OS at once, and turns the log it recovers at open
+into a synced table); a power loss within that second loses a stream no S3 object
+names yet, which is detected again under a new id.
 """
 
 from __future__ import annotations
@@ -181,6 +182,23 @@ class CheckpointStore:
             if self.current_stream_id(record.rel_path) == record.stream_id:
                 batch.put(_path_key(record.rel_path), record.stream_id.encode())
         self._unsynced.discard(record.stream_id)
+
+    def make_all_durable(self) -> int:
+        """Sync every lineage started unsynced, in one batch: one fsync for all the
+        files that appeared since the last call. Returns how many were synced."""
+        if not self._unsynced:
+            return 0
+        count = len(self._unsynced)
+        with _timed(), self._db.write_batch(sync=True) as batch:
+            for stream_id in self._unsynced:
+                record = self.stream(stream_id)
+                if record is None:
+                    continue
+                batch.put(_stream_key(stream_id), record.to_json())
+                if self.current_stream_id(record.rel_path) == stream_id:
+                    batch.put(_path_key(record.rel_path), stream_id.encode())
+        self._unsynced.clear()
+        return count
 
     def is_durable(self, stream_id: str) -> bool:
         return stream_id not in self._unsynced

@@ -31,6 +31,8 @@ from worker.wal import Intent
 
 __all__ = ["StreamTracker"]
 
+SYNC_NEW_STREAMS_EVERY = 1.0  # seconds a new stream's record may stay unsynced
+
 
 class StreamTracker:
     def __init__(self, settings: Settings, store: CheckpointStore, uploader: Uploader,
@@ -52,6 +54,8 @@ class StreamTracker:
         self.bucket_retry_at = 0.0
         self.completions: deque[Completion] = deque(maxlen=20)
         self.refused: set[str] = set()              # paths whose keys S3 would reject
+        self.sync_every = SYNC_NEW_STREAMS_EVERY
+        self.synced_at = clock()                    # last sync of new streams' records
 
     # set-up
     def load(self, pending: list[Intent]) -> None:
@@ -125,6 +129,7 @@ class StreamTracker:
                 self._look_at(rel_path)
             except Exception as exc:  # one odd path must never take the worker down
                 self.log.exception("path_failed", rel_path=rel_path, error=repr(exc))
+        self._sync_new_streams()
         if not self._ensure_bucket():
             return False
         while self.orphan_intents:
@@ -142,6 +147,15 @@ class StreamTracker:
             self.pulse()
         did |= self.uploader.copy_ahead(self.runtimes, self.clock())
         return did
+
+    def _sync_new_streams(self) -> None:
+        """New streams are recorded without an fsync, so that reacting to a file never
+        waits for the disk; their records are synced here, all in one batch, at most a
+        second later (and before any S3 request names them, by the uploader)."""
+        now = self.clock()
+        if now - self.synced_at >= self.sync_every:
+            self.synced_at = now
+            self.store.make_all_durable()
 
     def _attempt(self, rt: StreamRuntime) -> bool:
         was_complete = rt.record.status is StreamStatus.COMPLETE

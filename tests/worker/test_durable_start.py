@@ -44,7 +44,8 @@ class Requests:
         self.seen.append((model.name, str(params.get("Key", "")), durable))
 
     def naming(self, stream_id: str) -> list[tuple[str, bool]]:
-        return [(op, state[stream_id]) for op, key, state in self.seen if stream_id in key]
+        return [(op, state.get(stream_id, False)) for op, key, state in self.seen
+                if stream_id in key]
 
     def unsynced_at_some_point(self, stream_id: str) -> bool:
         return any(state.get(stream_id) is False for _, _, state in self.seen)
@@ -60,7 +61,10 @@ def worker(tmp_path: Path, s3: S3Endpoint,
     watch.mkdir()
     made: list[tuple[Uploader, CheckpointStore, WriteAheadLog]] = []
 
-    def build(stream_timeout: float) -> tuple[StreamTracker, Requests, Path]:
+    def build(stream_timeout: float,
+              sync_every: float = float("inf")) -> tuple[StreamTracker, Requests, Path]:
+        """``sync_every`` is the tracker's batch sync of new streams; off by default, so
+        that what is tested is the uploader syncing a stream before naming it."""
         settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=CHUNK,
                             stream_timeout=stream_timeout, s3_endpoint=s3.url,
                             s3_bucket=bucket, s3_region=s3.region)
@@ -71,6 +75,7 @@ def worker(tmp_path: Path, s3: S3Endpoint,
         uploader = Uploader(settings, store, wal, storage, log, pulse=lambda: None)
         made.append((uploader, store, wal))
         tracker = StreamTracker(settings, store, uploader, log, pulse=lambda: None)
+        tracker.sync_every = sync_every
         requests = Requests(tracker, store)
         storage.client.meta.events.register("provide-client-params.s3.*", requests)
         return tracker, requests, watch
@@ -158,5 +163,23 @@ def test_making_an_old_lineage_durable_leaves_the_path_with_the_new_one(
     reopened = CheckpointStore(tmp_path / "w")
     assert reopened.current_stream_id("cam.mp4") == new.stream_id
     assert reopened.stream(new.stream_id) == new
-    assert reopened.is_durable(new.stream_id)  # what LevelDB recovered at open is synced
     reopened.close()
+
+
+def test_new_streams_are_synced_together_within_the_sync_interval(
+        worker: Callable[..., Any]) -> None:
+    """A file that stays under a chunk for minutes (a low-bitrate camera) is not left
+    unsynced that long: the tracker syncs every new stream, in one batch, each interval."""
+    tracker, requests, watch = worker(stream_timeout=30, sync_every=0.3)
+    with capture_logs() as logs:
+        for name in ("a.mp4", "b.mp4", "c.mp4"):
+            (watch / name).write_bytes(os.urandom(1000))
+            tracker.touch(name)
+        tracker.step()
+        ids = [e["stream_id"] for e in logs if e["event"] == "stream_detected"]
+    assert len(ids) == 3
+    assert not any(tracker.store.is_durable(i) for i in ids)
+    time.sleep(0.35)
+    tracker.step()
+    assert all(tracker.store.is_durable(i) for i in ids)
+    assert all(requests.naming(i) == [] for i in ids)  # synced with nothing sent
