@@ -15,17 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
-from shared.s3 import make_client
-from shared.settings import Settings
 from tests.support.s3server import S3Endpoint, unique_bucket_name
+from tests.worker.inprocess import InProcessWorkers, run_until
 from worker.checkpoint import CheckpointStore, StreamRecord
-from worker.storage import Storage
 from worker.tracker import StreamTracker
-from worker.uploader import Uploader
-from worker.wal import WriteAheadLog
 
 CHUNK = 5 << 20
 
@@ -56,43 +51,20 @@ def worker(tmp_path: Path, s3: S3Endpoint,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    bucket = unique_bucket_name("durable")
-    watch = tmp_path / "in"
-    watch.mkdir()
-    made: list[tuple[Uploader, CheckpointStore, WriteAheadLog]] = []
+    workers = InProcessWorkers(tmp_path, s3, unique_bucket_name("durable"), CHUNK)
 
     def build(stream_timeout: float,
               sync_every: float = float("inf")) -> tuple[StreamTracker, Requests, Path]:
         """``sync_every`` is the tracker's batch sync of new streams; off by default, so
         that what is tested is the uploader syncing a stream before naming it."""
-        settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=CHUNK,
-                            stream_timeout=stream_timeout, s3_endpoint=s3.url,
-                            s3_bucket=bucket, s3_region=s3.region)
-        store = CheckpointStore(tmp_path / "state")
-        wal = WriteAheadLog(tmp_path / "state" / "intents.wal")
-        storage = Storage(make_client(settings), bucket)
-        log = structlog.get_logger()
-        uploader = Uploader(settings, store, wal, storage, log, pulse=lambda: None)
-        made.append((uploader, store, wal))
-        tracker = StreamTracker(settings, store, uploader, log, pulse=lambda: None)
+        tracker, storage = workers.build(stream_timeout=stream_timeout)
         tracker.sync_every = sync_every
-        requests = Requests(tracker, store)
+        requests = Requests(tracker, tracker.store)
         storage.client.meta.events.register("provide-client-params.s3.*", requests)
-        return tracker, requests, watch
+        return tracker, requests, workers.watch
 
     yield build
-    for uploader, store, wal in made:
-        uploader.close()
-        store.close()
-        wal.close()
-
-
-def _run_until(tracker: StreamTracker, done: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "tracker did not get there in time"
-        tracker.step()
-        time.sleep(0.02)
+    workers.close()
 
 
 def _completed(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,7 +79,7 @@ def test_a_recording_is_synced_before_its_first_chunk_goes_up(
     (watch / "cam.mp4").write_bytes(os.urandom(2 * CHUNK + 777))
     with capture_logs() as logs:
         tracker.touch("cam.mp4")
-        _run_until(tracker, lambda: bool(_completed(logs)))
+        run_until(tracker, lambda: bool(_completed(logs)))
     (detected,) = [e for e in logs if e["event"] == "stream_detected"]
     stream_id = detected["stream_id"]
     # detected without a sync: the bucket check of the same step saw it unsynced ...
@@ -135,7 +107,7 @@ def test_a_file_deleted_before_any_chunk_is_synced_before_its_metadata(
         assert tracker.store.is_durable(stream_id) is False
         (watch / "short.mp4").unlink()
         tracker.touch("short.mp4")
-        _run_until(tracker, lambda: bool(_completed(logs)))
+        run_until(tracker, lambda: bool(_completed(logs)))
     assert _completed(logs)[0]["status"] == "source_deleted"
     naming = requests.naming(stream_id)
     assert {op for op, _ in naming} >= {"PutObject"}  # the empty object, metadata.json

@@ -17,19 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from shared import metrics
-from shared.s3 import make_client
-from shared.settings import Settings
 from tests.support.s3server import S3Endpoint, unique_bucket_name
-from worker.checkpoint import CheckpointStore
+from tests.worker.inprocess import InProcessWorkers, run_until
 from worker.settled import FileState, SettledFiles, filesystem_types, settle_seconds
 from worker.storage import Storage
 from worker.tracker import StreamTracker
-from worker.uploader import Uploader
-from worker.wal import WriteAheadLog
 
 CHUNK = 5 << 20
 MOUNTINFO = """\
@@ -126,42 +121,19 @@ def environment(tmp_path: Path, s3: S3Endpoint,
     """Builds an in-process tracker + uploader on real files, LevelDB and S3."""
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    bucket = unique_bucket_name("settled")
-    watch = tmp_path / "in"
-    watch.mkdir()
-    made: list[tuple[Uploader, CheckpointStore, WriteAheadLog]] = []
+    workers = InProcessWorkers(tmp_path, s3, unique_bucket_name("settled"), CHUNK)
 
     def build(settled: SettledFiles) -> tuple[StreamTracker, Storage, Path]:
-        settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=CHUNK,
-                            stream_timeout=0.3, s3_endpoint=s3.url, s3_bucket=bucket,
-                            s3_region=s3.region)
-        store = CheckpointStore(tmp_path / "state")
-        wal = WriteAheadLog(tmp_path / "state" / "intents.wal")
-        storage = Storage(make_client(settings), bucket)
-        log = structlog.get_logger()
-        uploader = Uploader(settings, store, wal, storage, log, pulse=lambda: None,
-                            settled=settled)
-        made.append((uploader, store, wal))
-        return StreamTracker(settings, store, uploader, log, pulse=lambda: None), storage, watch
+        tracker, storage = workers.build(stream_timeout=0.3, settled=settled)
+        return tracker, storage, workers.watch
 
     yield build
-    for uploader, store, wal in made:
-        uploader.close()
-        store.close()
-        wal.close()
-
-
-def _run_until(tracker: StreamTracker, done: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "tracker did not get there in time"
-        tracker.step()
-        time.sleep(0.02)
+    workers.close()
 
 
 def _complete(tracker: StreamTracker, name: str, logs: list[dict[str, Any]]) -> dict[str, Any]:
     tracker.touch(name)
-    _run_until(tracker, lambda: any(e["event"] == "stream_completed" for e in logs))
+    run_until(tracker, lambda: any(e["event"] == "stream_completed" for e in logs))
     (completed,) = [e for e in logs if e["event"] == "stream_completed"]
     return completed
 
@@ -214,7 +186,7 @@ def test_a_settled_file_written_after_its_chunks_were_read_is_read_again(
     data = bytearray(_write(watch, "cam.mp4", 2 * CHUNK + 12345))
     with capture_logs() as logs:
         tracker.touch("cam.mp4")
-        _run_until(tracker, lambda: sum(e["event"] == "chunk_uploaded" for e in logs) == 2)
+        run_until(tracker, lambda: sum(e["event"] == "chunk_uploaded" for e in logs) == 2)
         time.sleep(0.05)
         with open(watch / "cam.mp4", "r+b") as f:
             f.seek(100)
