@@ -173,32 +173,27 @@ class CheckpointStore:
             self._unsynced.add(record.stream_id)
 
     def make_durable(self, record: StreamRecord) -> None:
-        """Sync a lineage started unsynced (its record, and its path entry while it is
-        still the path's current one); nothing to do for any other."""
-        if record.stream_id not in self._unsynced:
-            return
-        with _timed(), self._db.write_batch(sync=True) as batch:
-            batch.put(_stream_key(record.stream_id), record.to_json())
-            if self.current_stream_id(record.rel_path) == record.stream_id:
-                batch.put(_path_key(record.rel_path), record.stream_id.encode())
-        self._unsynced.discard(record.stream_id)
+        """Sync a lineage started unsynced; nothing to do for any other."""
+        if record.stream_id in self._unsynced:
+            self._sync_started([record])
 
-    def make_all_durable(self) -> int:
+    def make_all_durable(self) -> None:
         """Sync every lineage started unsynced, in one batch: one fsync for all the
-        files that appeared since the last call. Returns how many were synced."""
-        if not self._unsynced:
-            return 0
-        count = len(self._unsynced)
+        files that appeared since the last call."""
+        if self._unsynced:
+            self._sync_started([r for sid in self._unsynced
+                                if (r := self.stream(sid)) is not None])
+            self._unsynced.clear()
+
+    def _sync_started(self, records: list[StreamRecord]) -> None:
+        """Rewrite these lineages in one synced batch: each record, and its path entry
+        while it is still the path's current one (never pointing a path back)."""
         with _timed(), self._db.write_batch(sync=True) as batch:
-            for stream_id in self._unsynced:
-                record = self.stream(stream_id)
-                if record is None:
-                    continue
-                batch.put(_stream_key(stream_id), record.to_json())
-                if self.current_stream_id(record.rel_path) == stream_id:
-                    batch.put(_path_key(record.rel_path), stream_id.encode())
-        self._unsynced.clear()
-        return count
+            for record in records:
+                batch.put(_stream_key(record.stream_id), record.to_json())
+                if self.current_stream_id(record.rel_path) == record.stream_id:
+                    batch.put(_path_key(record.rel_path), record.stream_id.encode())
+        self._unsynced.difference_update(r.stream_id for r in records)
 
     def is_durable(self, stream_id: str) -> bool:
         return stream_id not in self._unsynced

@@ -149,9 +149,9 @@ class StreamTracker:
         return did
 
     def _sync_new_streams(self) -> None:
-        """New streams are recorded without an fsync, so that reacting to a file never
-        waits for the disk; their records are synced here, all in one batch, at most a
-        second later (and before any S3 request names them, by the uploader)."""
+        """New streams are recorded without an fsync, so that detecting a file costs
+        none of its own; their records are synced here, all in one batch, at most
+        ``sync_every`` later (and before any S3 request names them, by the uploader)."""
         now = self.clock()
         if now - self.synced_at >= self.sync_every:
             self.synced_at = now
@@ -306,7 +306,7 @@ class StreamTracker:
             stream_id=stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
             chunk_size=self.settings.chunk_size, started_at=wall_now(), size=st.st_size,
             mtime_ns=st.st_mtime_ns)
-        self.store.start_stream(record, sync=False)  # synced before its first S3 request
+        self.store.start_stream(record, sync=False)  # synced by _sync_new_streams
         rt = self._add(record)
         rt.last_change = self._change_time(st)
         self.log.info("stream_detected", stream_id=record.stream_id, rel_path=rel_path,

@@ -372,7 +372,6 @@ class Uploader:
 
     def _open_upload(self, rt: StreamRuntime) -> None:
         key = rt.keys.final_object
-        self.store.make_durable(rt.record)
         intent = self._intend("open_upload", rt.stream_id, -1, rel_path=rt.record.rel_path,
                               key=key)
         # no upload is recorded, so any of this key is a leftover the log could not name
