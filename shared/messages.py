@@ -1,6 +1,6 @@
-"""What the supervisor and its workers say to each other over their pipes.
-
-Small frozen values, pickled by ``multiprocessing.Connection``.
+"""What the supervisor and its workers say to each other: the messages on their
+pipes (small frozen values, pickled by ``multiprocessing.Connection``) and the
+worker's exit codes, which the supervisor acts on.
 """
 
 from __future__ import annotations
@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = ["Touch", "Stop", "Heartbeat", "StreamProgress", "Completion",
-           "WorkerMessage", "SupervisorMessage"]
+           "WorkerMessage", "SupervisorMessage", "EXIT_OK", "EXIT_STATE_UNAVAILABLE",
+           "EXIT_STATE_WRITE_FAILED", "MAX_REPORTED_STREAMS"]
+
+EXIT_OK = 0
+EXIT_STATE_UNAVAILABLE = 3   # the LevelDB or WAL cannot be opened (locked, corrupt)
+EXIT_STATE_WRITE_FAILED = 4  # a state write failed (disk full): restart once there is room
 
 MAX_REPORTED_STREAMS = 2000  # per heartbeat: keeps one message small at any scale
 

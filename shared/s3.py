@@ -2,7 +2,10 @@
 
 Retry policy lives with the callers (``worker.backoff``); this module only says
 whether a failure is worth retrying soon (TRANSIENT), slowly (PERMANENT: access
-denied, no such bucket: an operator must act), or means "not there" (NOT_FOUND).
+denied, no such bucket: an operator must act), or means "not there" (NOT_FOUND),
+and names the two answers a caller must react to beyond retrying (``Cause``): the
+bucket is gone, or a multipart upload is gone. Callers test these kinds, never the
+text of an error.
 botocore's own retries are off so that every attempt passes through our loop,
 which backs off, counts, and stops when the worker drains.
 """
@@ -18,7 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from shared.settings import Settings
 
-__all__ = ["ErrorKind", "StorageError", "classify", "make_client", "error_code"]
+__all__ = ["ErrorKind", "Cause", "StorageError", "classify", "cause_of", "make_client",
+           "error_code", "describe"]
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -37,14 +41,29 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = "not_found"
 
 
-class StorageError(Exception):
-    """An S3 call failed; ``kind`` says how to react. The message never holds secrets."""
+class Cause(enum.Enum):
+    """What a failure means beyond its kind, where a caller acts on it."""
 
-    def __init__(self, operation: str, kind: ErrorKind, detail: str) -> None:
+    OTHER = "other"
+    BUCKET_MISSING = "bucket_missing"  # check (and create) the bucket again
+    UPLOAD_LOST = "upload_lost"        # the multipart upload is gone: start a new one
+
+
+_CAUSES = {"NoSuchBucket": Cause.BUCKET_MISSING,
+           "NoSuchUpload": Cause.UPLOAD_LOST, "InvalidPart": Cause.UPLOAD_LOST}
+
+
+class StorageError(Exception):
+    """An S3 call failed; ``kind`` says how to react and ``cause`` what it means, where
+    that matters. The message never holds secrets."""
+
+    def __init__(self, operation: str, kind: ErrorKind, detail: str,
+                 cause: Cause = Cause.OTHER) -> None:
         super().__init__(f"{operation}: {detail}")
         self.operation = operation
         self.kind = kind
         self.detail = detail
+        self.cause = cause
 
 
 def error_code(exc: ClientError) -> str:
@@ -66,6 +85,13 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, (BotoCoreError, OSError)):
         return ErrorKind.TRANSIENT
     return ErrorKind.PERMANENT
+
+
+def cause_of(exc: BaseException) -> Cause:
+    """The ``Cause`` of a botocore exception (``OTHER`` for all but a few codes)."""
+    if isinstance(exc, ClientError):
+        return _CAUSES.get(error_code(exc), Cause.OTHER)
+    return Cause.OTHER
 
 
 def describe(exc: BaseException) -> str:

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-__all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "Settings", "parse_size", "parse_extensions"]
+__all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "S3_MAX_PARTS", "Settings", "parse_size",
+           "parse_extensions"]
 
 MIN_CHUNK_SIZE = 5 * 1024 * 1024  # S3's minimum size of every part but the last
 MAX_CHUNK_SIZE = 5 * 1024 * 1024 * 1024  # S3's maximum part size
+S3_MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
 _UNITS = {
     "": 1, "b": 1,
@@ -72,7 +74,4 @@ class Settings:
     poll: bool = False
     log_level: str = "info"
     log_format: str = "json"
-
-    def worker_state_dir(self, slot: int) -> Path:
-        """Where worker ``slot`` keeps its LevelDB and write-ahead log."""
-        return self.state_dir / f"worker-{slot}"
+    max_parts: int = S3_MAX_PARTS  # a stream with more chunks keeps them, unassembled

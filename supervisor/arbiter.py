@@ -22,17 +22,16 @@ from prometheus_client import multiprocess
 
 from shared import metrics
 from shared.logs import get_logger
-from shared.messages import Stop, Touch
+from shared.messages import EXIT_STATE_UNAVAILABLE, EXIT_STATE_WRITE_FAILED, Stop, Touch
 from shared.paths import relative_stream_path, scan_streams
 from shared.routing import worker_for
 from shared.settings import Settings
+from shared.state.errors import StateWriteError
 from supervisor.events import DirectoryChanged, Inbox, PathChanged, SignalReceived
 from supervisor.http import BucketProbe, StatusServer
 from supervisor.migration import rebalance
-from supervisor.slots import WorkerSlot
+from supervisor.slots import WorkerSlot, WorkerTarget, resolve_target
 from supervisor.watcher import Change, Watcher, start_watcher
-from worker.durability import StateWriteError
-from worker.process import EXIT_STATE_UNAVAILABLE, EXIT_STATE_WRITE_FAILED
 
 __all__ = ["Supervisor", "State", "EXIT_FORCED", "EXIT_WORKERS_FAILING"]
 
@@ -55,12 +54,16 @@ class State(enum.Enum):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, early_signals: list[int] | None = None) -> None:
+    def __init__(self, settings: Settings, early_signals: list[int] | None = None, *,
+                 worker_target: str | WorkerTarget) -> None:
+        """``worker_target`` is what each worker process runs (``module:function``, or the
+        function), handed in so that the supervisor imports nothing of the worker's."""
         self.settings = settings
         self.early_signals = early_signals if early_signals is not None else []
         self.log = get_logger()
         self.inbox = Inbox()
-        self.slots = [WorkerSlot(i) for i in range(settings.workers)]
+        target = resolve_target(worker_target)
+        self.slots = [WorkerSlot(i, target) for i in range(settings.workers)]
         self.state = State.RUNNING
         self.exit_code = 0
         self.drain_deadline = 0.0

@@ -21,9 +21,20 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
-from shared.settings import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Settings, parse_extensions, parse_size
+from shared.settings import (
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    S3_MAX_PARTS,
+    Settings,
+    parse_extensions,
+    parse_size,
+)
 
-__all__ = ["main", "cli", "parse_settings", "ConfigError"]
+__all__ = ["main", "cli", "parse_settings", "ConfigError", "WORKER_TARGET"]
+
+# What each worker process runs, as ``module:function`` (as uvicorn takes its app): the
+# supervisor is handed it and imports nothing of the worker's itself.
+WORKER_TARGET = "worker.entry:run_worker"
 
 DEFAULT_CONFIG = "processor.ini"
 ENV_PREFIX = "PROCESSOR"
@@ -173,6 +184,9 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
                                                case_sensitive=False), default="info")
 @click.option("--log-format", type=click.Choice(["json", "console"], case_sensitive=False),
               default="json")
+@click.option("--max-parts", type=click.IntRange(1, S3_MAX_PARTS), default=S3_MAX_PARTS,
+              hidden=True, help="Parts one multipart upload may have (S3: 10,000); a "
+                                "recording with more chunks keeps them unassembled.")
 def cli(**options: Any) -> Settings:
     """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
 
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
 
         configure_logging(settings.log_level, settings.log_format, process="supervisor",
                           pid=os.getpid())
-        return Supervisor(settings, early_signals).run()
+        return Supervisor(settings, early_signals, worker_target=WORKER_TARGET).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -16,38 +16,25 @@ from typing import Any
 import click
 import plyvel
 
+from shared.state.layout import StateDir
+from shared.state.store import CheckpointStore
+from shared.state.wal import read_pending
 from shared.timefmt import rfc3339
-from worker.checkpoint import CheckpointStore
-from worker.process import WAL_NAME
-from worker.wal import read_records
 
 __all__ = ["inspect_state", "read_state"]
-
-
-def _pending_intents(path: Path) -> tuple[list[dict[str, Any]], int]:
-    data = path.read_bytes() if path.exists() else b""
-    records, valid = read_records(data)
-    pending: dict[int, dict[str, Any]] = {}
-    for record in records:
-        if "done" in record:
-            pending.pop(int(record["done"]), None)
-        elif "op" in record:
-            pending[int(record["seq"])] = {"seq": record["seq"], "op": record["op"],
-                                           **record.get("f", {})}
-    return list(pending.values()), len(data) - valid
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
     """Everything the checkpoints say, as plain data."""
     slots = []
-    for directory in sorted(state_dir.glob("worker-*"), key=lambda p: p.name):
-        if not (directory / "checkpoints.ldb").exists():
+    for directory in sorted(StateDir(state_dir).slots().values(), key=lambda d: d.name):
+        if not directory.has_checkpoints():
             continue
         try:
             store = CheckpointStore(directory, create=False)
         except plyvel.IOError as exc:
             raise click.ClickException(
-                f"{directory}: cannot open the checkpoints ({exc}); is the service still "
+                f"{directory.path}: cannot open the checkpoints ({exc}); is the service still "
                 "running? Stop it first.") from exc
         try:
             streams = []
@@ -65,7 +52,8 @@ def read_state(state_dir: Path) -> dict[str, Any]:
                     "chunks_reuploaded": record.chunks_reuploaded})
         finally:
             store.close()
-        pending, torn = _pending_intents(directory / WAL_NAME)
+        intents, torn = read_pending(directory.wal)
+        pending = [{"seq": i.seq, "op": i.op, **i.fields} for i in intents]
         slots.append({"worker": directory.name, "streams": streams, "pending_intents": pending,
                       "wal_torn_bytes": torn})
     return {"state_dir": str(state_dir), "workers": slots}

@@ -10,42 +10,29 @@ identically (the owner has not run yet), so nothing is lost or doubled.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 from shared import metrics
 from shared.routing import worker_for
 from shared.settings import Settings
-from worker.checkpoint import CheckpointStore
-from worker.process import WAL_NAME
-from worker.wal import WriteAheadLog
+from shared.state.layout import StateDir
+from shared.state.store import CheckpointStore
+from shared.state.wal import WriteAheadLog
 
 __all__ = ["rebalance"]
-
-_SLOT_DIR = re.compile(r"^worker-(\d+)$")
-
-
-def _slot_dirs(state_dir: Path) -> dict[int, Path]:
-    found = {}
-    if state_dir.is_dir():
-        for child in state_dir.iterdir():
-            match = _SLOT_DIR.match(child.name)
-            if match and child.is_dir():
-                found[int(match.group(1))] = child
-    return found
 
 
 def rebalance(settings: Settings, log: Any) -> int:
     """Move every path's state to slot ``worker_for(path)``; return how many moved."""
-    dirs = _slot_dirs(settings.state_dir)
+    state_dir = StateDir(settings.state_dir)
+    dirs = state_dir.slots()
     opened: dict[int, tuple[CheckpointStore, WriteAheadLog]] = {}
 
     def open_slot(slot: int) -> tuple[CheckpointStore, WriteAheadLog]:
         if slot not in opened:
-            directory = dirs.get(slot, settings.worker_state_dir(slot))
+            directory = dirs.get(slot, state_dir.worker(slot))
             store = CheckpointStore(directory)
-            wal = WriteAheadLog(directory / WAL_NAME)
+            wal = WriteAheadLog(directory)
             if wal.truncated_bytes:  # the worker will find the log already cut: say it here
                 metrics.WAL_TRUNCATED_BYTES.inc(wal.truncated_bytes)
                 log.warning("wal_tail_truncated", slot=slot, bytes=wal.truncated_bytes,
@@ -64,7 +51,7 @@ def rebalance(settings: Settings, log: Any) -> int:
                     continue
                 dest_store, dest_wal = open_slot(target)
                 intents = [i for i in wal.pending() if i.rel_path == rel_path]
-                dest_wal.adopt(intents, origin=f"worker-{source}")
+                dest_wal.adopt(intents, origin=dirs[source].name)
                 items = store.export_path(rel_path)
                 dest_store.import_items(items)
                 store.delete_items([key for key, _ in items])

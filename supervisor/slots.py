@@ -1,28 +1,49 @@
 """Fixed worker slots. Paths hash to slots, not to pids: a dead worker is replaced
-in the same slot and resumes that slot's streams from its own checkpoints."""
+in the same slot and resumes that slot's streams from its own checkpoints.
+
+What a worker process runs is handed in (a function, or its ``module:function``
+import string, as uvicorn takes its app), so this module knows nothing of the worker
+and tests can run slots with a stand-in target."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from shared.messages import Heartbeat
 from shared.settings import Settings
-from worker.entry import run_worker
 
-__all__ = ["WorkerSlot"]
+__all__ = ["WorkerSlot", "WorkerTarget", "resolve_target"]
 
 _SPAWN = multiprocessing.get_context("spawn")
 
+# (slot, commands pipe end, heartbeats pipe end, settings) -> None; a module-level
+# function, since ``spawn`` pickles it by name
+WorkerTarget = Callable[[int, Connection, Connection, Settings], None]
+
+
+def resolve_target(target: str | WorkerTarget) -> WorkerTarget:
+    """The function named ``module:function``, or ``target`` itself."""
+    if not isinstance(target, str):
+        return target
+    module_name, _, name = target.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{target!r} is not of the form module:function")
+    function: WorkerTarget = getattr(importlib.import_module(module_name), name)
+    return function
+
 
 class WorkerSlot:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, target: WorkerTarget) -> None:
         self.index = index
+        self.target = target
         self.process: SpawnProcess | None = None
         self.commands: Connection | None = None     # supervisor -> worker
         self.heartbeats: Connection | None = None   # worker -> supervisor
@@ -42,7 +63,7 @@ class WorkerSlot:
         """Spawn a fresh worker process: nothing is inherited but the pipes' ends."""
         cmd_r, cmd_w = _SPAWN.Pipe(duplex=False)
         hb_r, hb_w = _SPAWN.Pipe(duplex=False)
-        process = _SPAWN.Process(target=run_worker, args=(self.index, cmd_r, hb_w, settings),
+        process = _SPAWN.Process(target=self.target, args=(self.index, cmd_r, hb_w, settings),
                                  name=f"worker-{self.index}")
         process.start()
         cmd_r.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.keys import StreamKeys, key_text
+from shared.state.records import ChunkRecord, StreamRecord
 from shared.timefmt import rfc3339
-from worker.checkpoint import ChunkRecord, StreamRecord
 from worker.media import MediaInfo
 
 __all__ = ["SCHEMA_VERSION", "build_metadata"]

@@ -1,6 +1,9 @@
 """Chunk arithmetic: which byte ranges become which chunks, and when.
 
-Chunk ``i`` is bytes ``[i*chunk_size, (i+1)*chunk_size)``. Full chunks go up as
+A chunk's place comes from the stream's chunk list, never from ``index *
+chunk_size``: the next chunk starts where the last committed one ends, so chunks of
+varying size (boundaries that follow a file's fragments) need no other change.
+Today every chunk but a stream's last is ``chunk_size`` long. Full chunks go up as
 soon as they are on disk; the short last one only at completion.
 """
 
@@ -8,10 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ChunkSpan", "next_full_chunk", "completion_spans", "chunks_kept_on_reopen",
-           "MAX_PARTS"]
-
-MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+__all__ = ["ChunkSpan", "next_full_chunk", "completion_spans", "chunks_kept_on_reopen"]
 
 
 @dataclass(frozen=True)
@@ -24,19 +24,20 @@ class ChunkSpan:
         return f"chunk {self.index} [{self.offset}, {self.offset + self.size})"
 
 
-def next_full_chunk(committed: int, file_size: int, chunk_size: int) -> ChunkSpan | None:
-    """The next full chunk after ``committed`` chunks, if all of its bytes are on disk."""
-    offset = committed * chunk_size
+def next_full_chunk(index: int, offset: int, file_size: int,
+                    chunk_size: int) -> ChunkSpan | None:
+    """Chunk ``index``, starting at ``offset`` (where the committed ones end), if all of
+    its bytes are on disk."""
     if file_size - offset >= chunk_size:
-        return ChunkSpan(committed, offset, chunk_size)
+        return ChunkSpan(index, offset, chunk_size)
     return None
 
 
-def completion_spans(committed: int, file_size: int, chunk_size: int) -> list[ChunkSpan]:
-    """Every chunk still to upload when the stream completes: full ones, then the tail."""
+def completion_spans(index: int, offset: int, file_size: int,
+                     chunk_size: int) -> list[ChunkSpan]:
+    """Every chunk still to upload when the stream completes, from chunk ``index`` at
+    ``offset``: full ones, then the tail."""
     spans = []
-    offset = committed * chunk_size
-    index = committed
     while offset < file_size:
         size = min(chunk_size, file_size - offset)
         spans.append(ChunkSpan(index, offset, size))

@@ -1,8 +1,13 @@
-"""The worker process's life: start-up, the upload loop, and exit.
+"""The worker process's life: start-up, the loop, and exit.
 
 Started by the supervisor with ``spawn``, so the LevelDB handle, the boto3 client
-and every file descriptor are opened here, never inherited. SIGTERM only clears
-``alive``; work stops between chunks. A worker whose supervisor is gone exits.
+and every file descriptor are opened here, never inherited. The loop owns the
+mailbox and the heartbeat: a reader thread keeps the supervisor's pipe drained,
+turning a ``Stop`` (or a vanished supervisor) into the stop flag at once and queuing
+file events for the loop; the loop sends a heartbeat with its progress report
+between streams. Code deep inside one stream's work gets only ``Liveness``: a
+rate-limited "still alive" and the stop check. SIGTERM only sets the stop flag;
+work stops between requests.
 """
 
 from __future__ import annotations
@@ -19,28 +24,23 @@ from typing import Any
 
 from shared import metrics
 from shared.logs import configure_logging, get_logger
-from shared.messages import MAX_REPORTED_STREAMS, Heartbeat, Stop, Touch
-from shared.s3 import make_client
+from shared.messages import (
+    EXIT_OK,
+    EXIT_STATE_UNAVAILABLE,
+    EXIT_STATE_WRITE_FAILED,
+    MAX_REPORTED_STREAMS,
+    Heartbeat,
+    Stop,
+    Touch,
+)
 from shared.settings import Settings
-from worker.durability import StateWriteError, is_disk_full
+from shared.state.errors import StateWriteError, is_disk_full
+from shared.state.layout import StateDir
+from worker.liveness import Draining, Liveness
 
-__all__ = ["main", "EXIT_OK", "EXIT_STATE_UNAVAILABLE", "EXIT_STATE_WRITE_FAILED",
-           "Draining"]
+__all__ = ["main", "Worker"]
 
-EXIT_OK = 0
-EXIT_STATE_UNAVAILABLE = 3   # the LevelDB or WAL cannot be opened (locked, corrupt)
-EXIT_STATE_WRITE_FAILED = 4  # a state write failed (disk full): restart once there is room
 HEARTBEAT_EVERY = 1.0
-WAL_NAME = "intents.wal"
-
-
-class Draining(BaseException):
-    """Raised from ``pulse`` between two requests once the worker must stop. A
-    BaseException, so that no per-stream error handler can swallow it."""
-
-
-class _ParentGone:
-    pass
 
 
 class Worker:
@@ -50,20 +50,23 @@ class Worker:
         self.settings = settings
         self.commands = commands
         self.heartbeats = heartbeats
-        self.alive = True
+        self.stop_requested = False
+        self.parent_gone = False
         self.log = get_logger()
-        self.mailbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.mailbox: queue.SimpleQueue[str] = queue.SimpleQueue()  # touched paths
         self.tracker: Any = None
+        self.live = Liveness(notify=self.notify, stopping=self.stopping)
         self._last_heartbeat = 0.0
+        self._report = Heartbeat(0)  # the last progress report, resent by notify()
         self._ppid = os.getppid()
 
-    # signals and the pipe: they only flip a flag or fill the mailbox
+    # signals and the pipe: they only set the stop flag or fill the mailbox
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
 
     def _on_term(self, signum: int, frame: Any) -> None:
-        self.alive = False
+        self.stop_requested = True
 
     def _read_commands(self) -> None:
         """Keep the supervisor's pipe drained so its sends never block on a busy worker."""
@@ -71,85 +74,89 @@ class Worker:
             try:
                 message = self.commands.recv()
             except (EOFError, OSError):
-                self.mailbox.put(_ParentGone())
+                self.parent_gone = self.stop_requested = True
+                self.mailbox.put("")  # wakes an idle loop
                 return
-            if isinstance(message, Touch) and message.seen_at:
-                metrics.DISPATCH_SECONDS.observe(max(0.0, time.time() - message.seen_at))
-            self.mailbox.put(message)
+            if isinstance(message, Touch):
+                if message.seen_at:
+                    metrics.DISPATCH_SECONDS.observe(max(0.0, time.time() - message.seen_at))
+                self.mailbox.put(message.rel_path)
+            elif isinstance(message, Stop):
+                self.stop_requested = True
+                self.mailbox.put("")
 
-    def _handle(self, message: Any) -> None:
-        if isinstance(message, Touch):
-            self.tracker.touch(message.rel_path)
-        elif isinstance(message, Stop):
-            self.alive = False
-        elif isinstance(message, _ParentGone):
-            self.log.warning("supervisor_gone")
-            self.alive = False
+    def stopping(self) -> bool:
+        if os.getppid() != self._ppid:
+            self.parent_gone = self.stop_requested = True
+        return self.stop_requested
 
-    def drain_mailbox(self, wait: float = 0.0) -> None:
+    def take_mail(self, wait: float = 0.0) -> None:
+        """Hand the touched paths waiting in the mailbox to the tracker (waiting up to
+        ``wait`` seconds for the first)."""
         try:
-            message = self.mailbox.get(timeout=wait) if wait > 0 else self.mailbox.get_nowait()
+            path = self.mailbox.get(timeout=wait) if wait > 0 else self.mailbox.get_nowait()
         except queue.Empty:
             return
-        self._handle(message)
         while True:
+            if path:
+                self.tracker.touch(path)
             try:
-                self._handle(self.mailbox.get_nowait())
+                path = self.mailbox.get_nowait()
             except queue.Empty:
                 return
 
-    def pulse(self) -> None:
-        """Called by the upload loop between requests: heartbeat, mail, stop check."""
-        self.drain_mailbox()
-        if os.getppid() != self._ppid:
-            self.alive = False
-        if not self.alive:
-            raise Draining()
-        self.heartbeat()
-
+    # the heartbeat
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_heartbeat >= HEARTBEAT_EVERY:
-            self._last_heartbeat = now
-            if self.tracker is not None:  # gauges too: once a second is plenty
+        """Between two streams: a fresh progress report, at most once a second."""
+        if force or time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY:
+            if self.tracker is not None:
                 metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
                 metrics.LAG_BYTES.set(self.tracker.lag_bytes())
                 metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
-            try:
-                self.heartbeats.send(self._heartbeat_message())
-            except (BrokenPipeError, OSError):
-                self.alive = False
+                self._report = Heartbeat(self.tracker.active_count(),
+                                         streams=self.tracker.progress(MAX_REPORTED_STREAMS),
+                                         completions=tuple(self.tracker.completions))
+            self._send(self._report)
 
-    def _heartbeat_message(self) -> Heartbeat:
-        if self.tracker is None:
-            return Heartbeat(0)
-        return Heartbeat(self.tracker.active_count(),
-                         streams=self.tracker.progress(MAX_REPORTED_STREAMS),
-                         completions=tuple(self.tracker.completions))
+    def notify(self) -> None:
+        """Deep inside one stream's work: "still alive", with the last report as it was
+        (the tracker is not asked mid-step)."""
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY:
+            self._send(self._report)
+
+    def _send(self, message: Heartbeat) -> None:
+        self._last_heartbeat = time.monotonic()
+        try:
+            self.heartbeats.send(message)
+        except (BrokenPipeError, OSError):
+            self.stop_requested = True
+
+    def _between_streams(self) -> None:
+        if self.stopping():
+            raise Draining()
+        self.heartbeat()
 
     def run(self) -> int:
-        from worker.checkpoint import CheckpointStore
-        from worker.storage import Storage
-        from worker.tracker import StreamTracker
-        from worker.uploader import Uploader
-        from worker.wal import WriteAheadLog
+        from shared.s3 import make_client
+        from shared.state.store import CheckpointStore
+        from shared.state.wal import WriteAheadLog
+        from worker.wiring import build_tracker
 
-        directory = self.settings.worker_state_dir(self.slot)
+        directory = StateDir(self.settings.state_dir).worker(self.slot)
         try:
             store = CheckpointStore(directory)
-            wal = WriteAheadLog(directory / WAL_NAME)
+            wal = WriteAheadLog(directory)
         except (Exception, StateWriteError) as exc:  # locked, corrupt, or no room to recover
-            self.log.error("state_unavailable", directory=str(directory), error=str(exc),
+            self.log.error("state_unavailable", directory=str(directory.path), error=str(exc),
                            disk_full=is_disk_full(exc))
             return EXIT_STATE_WRITE_FAILED if is_disk_full(exc) else EXIT_STATE_UNAVAILABLE
         if wal.truncated_bytes:
             metrics.WAL_TRUNCATED_BYTES.inc(wal.truncated_bytes)
             self.log.warning("wal_tail_truncated", bytes=wal.truncated_bytes, path=str(wal.path))
-        pending = wal.pending()
-        storage = Storage(make_client(self.settings), self.settings.s3_bucket)
-        uploader = Uploader(self.settings, store, wal, storage, self.log, self.pulse)
-        self.tracker = StreamTracker(self.settings, store, uploader, self.log, self.pulse)
-        self.tracker.load(pending)
+        pending = len(wal.pending())
+        self.tracker, close = build_tracker(self.settings, store, wal, make_client(self.settings),
+                                            self.log, self.live)
+        self.tracker.load()
         # What start-up built (botocore's service model, the client, modules) lives as
         # long as the worker: keep it out of the collector's full passes, which walked it
         # all every few hundred requests (perf: 2.4% of an uploading worker's CPU samples
@@ -157,16 +164,14 @@ class Worker:
         gc.freeze()
         threading.Thread(target=self._read_commands, name="mailbox", daemon=True).start()
         self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
-                      pending_intents=len(pending))
+                      pending_intents=pending)
         self.heartbeat(force=True)
         code = EXIT_OK
         try:
-            while self.alive:
-                self.drain_mailbox()
-                if not self.alive:
-                    break
+            while not self.stopping():
+                self.take_mail()
                 try:
-                    did = self.tracker.step()
+                    did = self.tracker.step(self._between_streams)
                 except Draining:
                     break
                 except StateWriteError as exc:
@@ -176,12 +181,11 @@ class Worker:
                     break
                 self.heartbeat()
                 if not did:
-                    self.drain_mailbox(wait=self.tracker.idle_wait())
-                if os.getppid() != self._ppid:
-                    self.log.warning("supervisor_gone")
-                    break
+                    self.take_mail(wait=self.tracker.idle_wait())
         finally:
-            uploader.close()
+            if self.parent_gone:
+                self.log.warning("supervisor_gone")
+            close()
             store.close()
             try:
                 wal.close()

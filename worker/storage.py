@@ -3,13 +3,16 @@
 Blocking boto3 calls, one client per worker process. Chunk bodies carry a CRC32C
 checksum header so S3 (and MinIO) reject a body corrupted in transit, and the
 xxh3-128 of the bytes as user metadata so recovery can tell, with one HEAD,
-whether an unrecorded upload landed whole.
+whether an unrecorded upload landed whole. The bucket check lives here too: no
+request is made before the bucket is known to exist, and an answer that it is gone
+sends every stream back to waiting for it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,9 +20,10 @@ import crc32c
 from botocore.exceptions import ClientError
 
 from shared import metrics
-from shared.s3 import ErrorKind, StorageError, classify, describe, error_code
+from shared.s3 import Cause, ErrorKind, StorageError, cause_of, classify, describe, error_code
+from worker.backoff import retry_delay
 
-__all__ = ["Storage", "UploadLost", "XXH_META"]
+__all__ = ["Storage", "UploadLost", "BucketCheck", "XXH_META"]
 
 XXH_META = "xxh3-128"
 T = TypeVar("T")
@@ -30,9 +34,9 @@ class UploadLost(StorageError):
     (a bucket lifecycle rule aborted it, or an earlier attempt completed it just
     before a crash): the final object must be assembled in a new upload."""
 
-    @staticmethod
-    def means(exc: StorageError) -> bool:
-        return exc.detail.startswith(("NoSuchUpload", "InvalidPart"))
+    def __init__(self, operation: str, kind: ErrorKind, detail: str,
+                 cause: Cause = Cause.UPLOAD_LOST) -> None:
+        super().__init__(operation, kind, detail, cause)
 
 
 def _crc32c_b64(data: bytes | bytearray) -> str:
@@ -54,7 +58,7 @@ class Storage:
         except Exception as exc:  # translated at the boundary
             kind = classify(exc)
             metrics.S3_REQUESTS.labels(operation=operation, outcome=kind.value).inc()
-            raise StorageError(operation, kind, describe(exc)) from exc
+            raise StorageError(operation, kind, describe(exc), cause_of(exc)) from exc
         metrics.S3_REQUESTS.labels(operation=operation, outcome="ok").inc()
         return result
 
@@ -70,7 +74,8 @@ class Storage:
             self.client.create_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StorageError("create_bucket", classify(exc), describe(exc)) from exc
+                raise StorageError("create_bucket", classify(exc), describe(exc),
+                                   cause_of(exc)) from exc
         except Exception as exc:
             raise StorageError("create_bucket", classify(exc), describe(exc)) from exc
 
@@ -118,7 +123,7 @@ class Storage:
         try:
             return self._call(operation, fn, **kwargs)
         except StorageError as exc:
-            if UploadLost.means(exc):
+            if exc.cause is Cause.UPLOAD_LOST:
                 raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
             raise
 
@@ -143,7 +148,7 @@ class Storage:
             self._call("list_parts", self.client.list_parts, Key=key, UploadId=upload_id,
                        MaxParts=1)
         except StorageError as exc:
-            if exc.kind is ErrorKind.NOT_FOUND or UploadLost.means(exc):
+            if exc.kind is ErrorKind.NOT_FOUND or exc.cause is Cause.UPLOAD_LOST:
                 return False
             return None
         return True
@@ -177,3 +182,44 @@ class Storage:
             batch = [{"Key": k} for k in keys[start:start + 1000]]
             self._call("delete_objects", self.client.delete_objects,
                        Delete={"Objects": batch, "Quiet": True})
+
+
+class BucketCheck:
+    """Whether the bucket is known to exist: checked (and created when allowed) before
+    the first request, with backoff while it cannot be, and again after any answer
+    that it is gone."""
+
+    def __init__(self, storage: Storage, create: bool, log: Any,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.storage = storage
+        self.create = create
+        self.log = log
+        self.clock = clock
+        self.ready = False
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def saw(self, exc: StorageError) -> None:
+        """Note a failed request: a missing bucket is checked again before the next."""
+        if exc.cause is Cause.BUCKET_MISSING:
+            self.ready = False
+
+    def ensure(self) -> bool:
+        """True when requests may go; else it is checked again after a backoff."""
+        if self.ready:
+            return True
+        if self.clock() < self.retry_at:
+            return False
+        try:
+            self.storage.ensure_bucket(self.create)
+        except StorageError as exc:
+            self.failures += 1
+            self.retry_at = self.clock() + retry_delay(exc.kind, self.failures)
+            metrics.record_s3_failure(exc.operation, exc.kind.value)
+            if self.failures <= 3 or self.failures % 10 == 0:
+                self.log.warning("bucket_unavailable", bucket=self.storage.bucket,
+                                 error=exc.detail, attempt=self.failures)
+            return False
+        self.ready, self.failures = True, 0
+        self.log.info("bucket_ready", bucket=self.storage.bucket)
+        return True

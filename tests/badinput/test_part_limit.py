@@ -1,11 +1,9 @@
 """A recording of more chunks than one multipart upload may have parts (S3: 10,000).
 
-The service has no option for the limit, and 10,001 chunks of 5 MiB is 49 GiB, so
-the real processes get a lower limit injected from outside the service:
-``_inject/sitecustomize.py`` (on PYTHONPATH, so the supervisor and every spawned
-worker run it) sets ``worker.planning.MAX_PARTS`` from ``VSP_TEST_MAX_PARTS``
-before ``worker.uploader`` imports it. The README's promise under test: such a
-file keeps its chunks and gets a metadata.json with ``object_key: null``.
+10,001 chunks of 5 MiB is 49 GiB, so the real processes are given a lower limit
+with the hidden ``--max-parts`` option (a parameter of the service, passed to every
+worker in its settings). The README's promise under test: such a file keeps its
+chunks and gets a metadata.json with ``object_key: null``.
 """
 
 from __future__ import annotations
@@ -25,28 +23,22 @@ pytestmark = pytest.mark.timeout(240)
 
 CHUNK = 5 << 20
 LIMIT = 2
-INJECT = str(Path(__file__).with_name("_inject"))
 
 
-def test_the_real_limit_is_s3s() -> None:
-    """What the injection lowers: the one constant both planning and the uploader use."""
-    import worker.planning
-    import worker.uploader
+def test_the_default_limit_is_s3s() -> None:
+    """What the option lowers: S3's own limit by default."""
+    from shared.settings import S3_MAX_PARTS, Settings
 
-    assert worker.planning.MAX_PARTS == 10_000
-    assert worker.uploader.MAX_PARTS == worker.planning.MAX_PARTS
+    assert S3_MAX_PARTS == 10_000
+    assert Settings(watch_dir=Path(".")).max_parts == S3_MAX_PARTS
 
 
 @contextlib.contextmanager
 def limited(workdir: Path, s3: S3Endpoint, extra: list[str] | None = None) -> Iterator[Service]:
-    """A processor whose processes believe S3 allows ``LIMIT`` parts per upload."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VSP_TEST_MAX_PARTS", str(LIMIT))
-        mp.setenv("PYTHONPATH", os.pathsep.join(
-            [INJECT, *filter(None, [os.environ.get("PYTHONPATH")])]))
-        with service(workdir, s3, workers=1, extra=extra) as svc:
-            mp.undo()  # the processor has its environment; keep it out of this process
-            yield svc
+    """A processor told that S3 allows ``LIMIT`` parts per upload."""
+    with service(workdir, s3, workers=1,
+                 extra=["--max-parts", str(LIMIT), *(extra or [])]) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

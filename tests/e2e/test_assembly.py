@@ -1,4 +1,4 @@
-"""Copy-as-you-go assembly (worker/assembly.py), seen from S3: the final object's
+"""Copy-as-you-go assembly (worker/multipart.py), seen from S3: the final object's
 multipart upload fills up while the file is still being written, survives the
 loss of that upload, and recopies a chunk whose bytes changed after its copy."""
 

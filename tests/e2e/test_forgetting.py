@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
+from shared.state.layout import StateDir
+from shared.state.records import StreamRecord, StreamStatus
+from shared.state.store import CheckpointStore
 from supervisor.inspection import read_state
 from tests.e2e.harness import check_stream, wait_for_metadata
 from tests.support.proxy import RecordingProxy
 from tests.support.videos import make_not_mp4
-from worker.checkpoint import CheckpointStore, StreamRecord, StreamStatus
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -125,7 +127,7 @@ def test_a_lineage_ended_just_before_a_crash_does_not_block_its_path(
     target = processor.watch_dir / "cam.mp4"
     target.write_bytes(data)
     st = target.stat()
-    store = CheckpointStore(processor.state_dir / "worker-0")
+    store = CheckpointStore(StateDir(processor.state_dir).worker(0))
     ended = StreamRecord(stream_id="cam-0badc0de", rel_path="cam.mp4", dev=st.st_dev,
                          ino=st.st_ino + 1, chunk_size=5 << 20, started_at=time.time() - 60,
                          size=len(data), mtime_ns=st.st_mtime_ns)

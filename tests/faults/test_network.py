@@ -23,8 +23,8 @@ from tests.faults.common import (
 from tests.support.proxy import Faults
 from tests.support.s3server import free_port
 from tests.support.videos import make_video, start_live_writer
-from worker.assembly import BACKGROUND_IN_FLIGHT
 from worker.backoff import TRANSIENT_BASE, TRANSIENT_CAP
+from worker.multipart import BACKGROUND_IN_FLIGHT
 
 pytestmark = pytest.mark.timeout(pick(200, 600))
 

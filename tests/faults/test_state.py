@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from shared.state.wal import read_records
 from tests.e2e.harness import wait_until
 from tests.faults.common import KillLedger, Row, end_check, pick, seeded
 from tests.support.videos import make_video
-from worker.wal import read_records
 
 pytestmark = pytest.mark.timeout(pick(200, 400))
 

@@ -11,10 +11,11 @@ import plyvel
 
 from shared.routing import worker_for
 from shared.settings import Settings
+from shared.state.layout import StateDir, WorkerStateDir
+from shared.state.records import ChunkRecord, StreamRecord
+from shared.state.store import CheckpointStore
+from shared.state.wal import WriteAheadLog
 from supervisor.migration import rebalance
-from worker.checkpoint import CheckpointStore, ChunkRecord, StreamRecord
-from worker.process import WAL_NAME
-from worker.wal import WriteAheadLog
 
 PATHS = [f"cam{i}.mp4" for i in range(6)] + [f"site/{i}/cam.mp4" for i in range(6)] + [
     "ördner/kamera 1.mp4", "a b/'quoted'.mp4"]
@@ -33,11 +34,15 @@ def _settings(tmp_path: Path, workers: int) -> Settings:
     return Settings(watch_dir=tmp_path / "in", state_dir=tmp_path / "state", workers=workers)
 
 
+def _slot_dir(settings: Settings, slot: int) -> WorkerStateDir:
+    return StateDir(settings.state_dir).worker(slot)
+
+
 def _populate(settings: Settings, slot: int, rel_path: str, tag: int) -> None:
     """Two lineages with chunks plus two pending intents (and one closed) for ``rel_path``."""
-    directory = settings.worker_state_dir(slot)
+    directory = _slot_dir(settings, slot)
     store = CheckpointStore(directory)
-    wal = WriteAheadLog(directory / WAL_NAME)
+    wal = WriteAheadLog(directory)
     try:
         for lineage in range(2):
             sid = f"s{tag}-{lineage}"
@@ -56,24 +61,24 @@ def _populate(settings: Settings, slot: int, rel_path: str, tag: int) -> None:
 
 
 def _add_intent_only(settings: Settings, slot: int) -> None:
-    wal = WriteAheadLog(settings.worker_state_dir(slot) / WAL_NAME)
+    wal = WriteAheadLog(_slot_dir(settings, slot))
     wal.intend("assemble", stream_id="orphan-1", rel_path=INTENT_ONLY)
     wal.close()
 
 
 def _slots(settings: Settings) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in settings.state_dir.glob("worker-*"))
+    return list(StateDir(settings.state_dir).slots())
 
 
 def _dump(settings: Settings) -> dict[int, tuple[dict[bytes, bytes], list[tuple[str, dict]]]]:
     """Every slot's raw LevelDB content and pending intents (op, fields)."""
     out = {}
     for slot in _slots(settings):
-        directory = settings.worker_state_dir(slot)
-        db = plyvel.DB(str(directory / "checkpoints.ldb"), create_if_missing=True)
+        directory = _slot_dir(settings, slot)
+        db = plyvel.DB(str(directory.checkpoints), create_if_missing=True)
         items = dict(db.iterator())
         db.close()
-        wal = WriteAheadLog(directory / WAL_NAME)
+        wal = WriteAheadLog(directory)
         # "origin" is migration bookkeeping (idempotent adoption), not content
         intents = [(i.op, {k: v for k, v in i.fields.items() if k != "origin"})
                    for i in wal.pending()]
@@ -163,7 +168,7 @@ def test_owned_state_is_left_alone(tmp_path: Path) -> None:
     settings = _settings(tmp_path, 4)
     for tag, path in enumerate(PATHS):
         _populate(settings, worker_for(path, 4), path, tag)
-    wal = WriteAheadLog(settings.worker_state_dir(3) / WAL_NAME)
+    wal = WriteAheadLog(_slot_dir(settings, 3))
     wal.intend("create_bucket")
     wal.close()
     before = _dump(settings)
@@ -177,8 +182,8 @@ def test_crash_between_copy_and_delete(tmp_path: Path) -> None:
     before = _by_path(_dump(settings))
     path = "cam0.mp4"
     source = (worker_for(path, 2) + 1) % 4
-    src = CheckpointStore(settings.worker_state_dir(source))
-    dst = CheckpointStore(settings.worker_state_dir(worker_for(path, 2)))
+    src = CheckpointStore(_slot_dir(settings, source))
+    dst = CheckpointStore(_slot_dir(settings, worker_for(path, 2)))
     dst.import_items(src.export_path(path))
     src.close()
     dst.close()
@@ -195,8 +200,8 @@ def test_crash_after_adopt_does_not_double_intents(tmp_path: Path) -> None:
     before = _by_path(_dump(settings))
     path = "cam0.mp4"
     source = (worker_for(path, 2) + 1) % 4
-    src = WriteAheadLog(settings.worker_state_dir(source) / WAL_NAME)
-    dst = WriteAheadLog(settings.worker_state_dir(worker_for(path, 2)) / WAL_NAME)
+    src = WriteAheadLog(_slot_dir(settings, source))
+    dst = WriteAheadLog(_slot_dir(settings, worker_for(path, 2)))
     dst.adopt([i for i in src.pending() if i.rel_path == path], origin=f"worker-{source}")
     src.close()
     dst.close()

@@ -1,24 +1,47 @@
-"""An in-process worker for tests: a real tracker and uploader on real files, LevelDB
-and the test S3 server, without the worker process around them, so that a test can
-step it and look at its state between two requests."""
+"""An in-process worker for tests: the real tracker and everything under it
+(``worker.wiring.build_tracker``) on real files, LevelDB and the test S3 server,
+without the worker process around them, so that a test can step it and look at its
+state between two requests."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from shared.s3 import make_client
 from shared.settings import Settings
+from shared.state.layout import WorkerStateDir
+from shared.state.store import CheckpointStore
+from shared.state.wal import WriteAheadLog
 from tests.support.s3server import S3Endpoint
-from worker.checkpoint import CheckpointStore
+from worker.liveness import NEVER_STOPS
 from worker.settled import SettledFiles
 from worker.storage import Storage
 from worker.tracker import StreamTracker
-from worker.uploader import Uploader
-from worker.wal import WriteAheadLog
+from worker.wiring import build_tracker
+
+
+def build_local(tmp_path: Path, settings: Settings, **parts: Any
+                ) -> tuple[StreamTracker, Callable[[], None]]:
+    """A tracker whose state lives in ``tmp_path/state``; returns it and what closes it
+    all. ``parts`` are handed to ``build_tracker`` (e.g. a stand-in ``storage``)."""
+    directory = WorkerStateDir(tmp_path / "state")
+    store = CheckpointStore(directory)
+    wal = WriteAheadLog(directory)
+    client = None if "storage" in parts else make_client(settings)
+    tracker, close_parts = build_tracker(settings, store, wal, client, structlog.get_logger(),
+                                         NEVER_STOPS, **parts)
+
+    def close() -> None:
+        close_parts()
+        store.close()
+        wal.close()
+
+    return tracker, close
 
 
 class InProcessWorkers:
@@ -32,7 +55,7 @@ class InProcessWorkers:
         self.chunk_size = chunk_size
         self.watch = tmp_path / "in"
         self.watch.mkdir()
-        self._made: list[tuple[Uploader, CheckpointStore, WriteAheadLog]] = []
+        self._closers: list[Callable[[], None]] = []
 
     def build(self, *, stream_timeout: float,
               settled: SettledFiles | None = None) -> tuple[StreamTracker, Storage]:
@@ -40,20 +63,13 @@ class InProcessWorkers:
                             chunk_size=self.chunk_size, stream_timeout=stream_timeout,
                             s3_endpoint=self.s3.url, s3_bucket=self.bucket,
                             s3_region=self.s3.region)
-        store = CheckpointStore(self.tmp_path / "state")
-        wal = WriteAheadLog(self.tmp_path / "state" / "intents.wal")
-        storage = Storage(make_client(settings), self.bucket)
-        log = structlog.get_logger()
-        uploader = Uploader(settings, store, wal, storage, log, pulse=lambda: None,
-                            settled=settled)
-        self._made.append((uploader, store, wal))
-        return StreamTracker(settings, store, uploader, log, pulse=lambda: None), storage
+        tracker, close = build_local(self.tmp_path, settings, settled=settled)
+        self._closers.append(close)
+        return tracker, tracker.uploader.storage
 
     def close(self) -> None:
-        for uploader, store, wal in self._made:
-            uploader.close()
-            store.close()
-            wal.close()
+        for close in self._closers:
+            close()
 
 
 def run_until(tracker: StreamTracker, done: Callable[[], bool], timeout: float = 60) -> None:

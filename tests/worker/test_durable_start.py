@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from shared.state.layout import WorkerStateDir
+from shared.state.records import StreamRecord
+from shared.state.store import CheckpointStore
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 from tests.worker.inprocess import InProcessWorkers, run_until
-from worker.checkpoint import CheckpointStore, StreamRecord
 from worker.tracker import StreamTracker
 
 CHUNK = 5 << 20
@@ -35,7 +37,7 @@ class Requests:
         self.seen: list[tuple[str, str, dict[str, bool]]] = []
 
     def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        durable = {sid: self.store.is_durable(sid) for sid in self.tracker.runtimes}
+        durable = {sid: self.store.is_durable(sid) for sid in self.tracker.streams}
         self.seen.append((model.name, str(params.get("Key", "")), durable))
 
     def naming(self, stream_id: str) -> list[tuple[str, bool]]:
@@ -118,7 +120,7 @@ def test_making_an_old_lineage_durable_leaves_the_path_with_the_new_one(
         tmp_path: Path) -> None:
     """A lineage ended early (its file replaced) is synced when it is finalized, after
     the path moved on: the path must keep pointing at the newer lineage."""
-    store = CheckpointStore(tmp_path / "w")
+    store = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     old = StreamRecord(stream_id="cam-00000001", rel_path="cam.mp4", dev=1, ino=2,
                        chunk_size=CHUNK, started_at=1.0)
     new = StreamRecord(stream_id="cam-00000002", rel_path="cam.mp4", dev=1, ino=3,
@@ -132,7 +134,7 @@ def test_making_an_old_lineage_durable_leaves_the_path_with_the_new_one(
     store.make_durable(new)
     store.forget_stream(old.stream_id)
     store.close()
-    reopened = CheckpointStore(tmp_path / "w")
+    reopened = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     assert reopened.current_stream_id("cam.mp4") == new.stream_id
     assert reopened.stream(new.stream_id) == new
     reopened.close()

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import structlog
 from structlog.testing import capture_logs
 
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
-from worker.checkpoint import CheckpointStore
-from worker.process import Draining
+from tests.worker.inprocess import build_local
+from worker.liveness import Draining
 from worker.tracker import StreamTracker
-from worker.uploader import Uploader
-from worker.wal import WriteAheadLog
 
 
 class FlakyStorage:
@@ -24,6 +21,8 @@ class FlakyStorage:
     def __init__(self, error: BaseException) -> None:
         self.error = error
         self.puts = 0
+
+    bucket = "test-bucket"
 
     def ensure_bucket(self, create: bool) -> None:
         pass
@@ -39,44 +38,39 @@ def build(tmp_path: Path, error: BaseException) -> tuple[StreamTracker, FlakySto
     (watch / "a.mp4").write_bytes(b"x" * (5 << 20))
     (watch / "b.mp4").write_bytes(b"y" * (5 << 20))
     settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=5 << 20)
-    store = CheckpointStore(tmp_path / "state")
-    wal = WriteAheadLog(tmp_path / "state" / "intents.wal")
     storage = FlakyStorage(error)
-    log = structlog.get_logger()
-    uploader = Uploader(settings, store, wal, storage, log,  # type: ignore[arg-type]
-                        pulse=lambda: None)
-    tracker = StreamTracker(settings, store, uploader, log, pulse=lambda: None)
+    tracker, close = build_local(tmp_path, settings, storage=storage)
     tracker.touch("a.mp4")
     tracker.touch("b.mp4")
-    return tracker, storage, store
+    return tracker, storage, close
 
 
 def test_transient_errors_back_off_per_stream(tmp_path: Path) -> None:
     """A 503 makes each stream wait before its next attempt: no busy loop."""
-    tracker, storage, store = build(tmp_path, StorageError("put_chunk", ErrorKind.TRANSIENT,
+    tracker, storage, close = build(tmp_path, StorageError("put_chunk", ErrorKind.TRANSIENT,
                                                            "SlowDown (HTTP 503)"))
     with capture_logs() as logs:
         for _ in range(20):
             tracker.step()
     assert storage.puts == 2  # one attempt per stream, then both are backing off
-    assert all(rt.next_attempt > tracker.clock() for rt in tracker.runtimes.values())
+    assert all(s.next_attempt > tracker.clock() for s in tracker.streams.values())
     assert [e["event"] for e in logs].count("s3_retry") == 2
-    store.close()
+    close()
 
 
 def test_unexpected_error_is_contained_to_its_stream(tmp_path: Path) -> None:
     """A bug in one upload is logged as stream_failed; the worker keeps running."""
-    tracker, storage, store = build(tmp_path, RuntimeError("boom"))
+    tracker, storage, close = build(tmp_path, RuntimeError("boom"))
     with capture_logs() as logs:
         tracker.step()
     failed = [e for e in logs if e["event"] == "stream_failed"]
     assert len(failed) == 2 and "boom" in failed[0]["error"]
-    store.close()
+    close()
 
 
 def test_draining_is_never_swallowed(tmp_path: Path) -> None:
     """The drain signal raised mid-upload reaches the worker loop."""
-    tracker, storage, store = build(tmp_path, Draining())
+    tracker, storage, close = build(tmp_path, Draining())
     try:
         tracker.step()
     except Draining:
@@ -84,4 +78,4 @@ def test_draining_is_never_swallowed(tmp_path: Path) -> None:
     else:
         raise AssertionError("Draining was swallowed")
     finally:
-        store.close()
+        close()

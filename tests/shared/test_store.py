@@ -1,4 +1,4 @@
-"""Tests for worker.checkpoint.CheckpointStore on a real LevelDB."""
+"""Tests for shared.state.store.CheckpointStore on a real LevelDB."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from worker.checkpoint import CheckpointStore, ChunkRecord, StreamRecord, StreamStatus
+from shared.state.layout import WorkerStateDir
+from shared.state.records import ChunkRecord, StreamRecord, StreamStatus
+from shared.state.store import CheckpointStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[CheckpointStore]:
-    s = CheckpointStore(tmp_path / "w")
+    s = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     yield s
     s.close()
 
@@ -30,7 +32,7 @@ def _chunk(index: int) -> ChunkRecord:
 def _dump(directory: Path) -> dict[bytes, bytes]:
     import plyvel
 
-    db = plyvel.DB(str(directory / "checkpoints.ldb"))
+    db = plyvel.DB(str(WorkerStateDir(directory).checkpoints))
     try:
         return dict(db.iterator())
     finally:
@@ -58,13 +60,13 @@ def test_unknown_lookups_are_none(store: CheckpointStore) -> None:
 
 def test_commit_chunk_survives_reopen(tmp_path: Path) -> None:
     """commit_chunk stores the chunk and the new stream state together, durably."""
-    store = CheckpointStore(tmp_path / "w")
+    store = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     rec = _record("a-1", "a.mp4")
     store.start_stream(rec)
     updated = rec.evolve(size=100, mtime_ns=123)
     store.commit_chunk(updated, _chunk(0))
     store.close()
-    reopened = CheckpointStore(tmp_path / "w")
+    reopened = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     try:
         assert reopened.stream("a-1") == updated
         assert reopened.chunks("a-1") == [_chunk(0)]
@@ -134,8 +136,8 @@ def test_forget_superseded_stream_keeps_mapping(store: CheckpointStore) -> None:
 
 def test_export_import_delete_moves_one_path(tmp_path: Path) -> None:
     """export_path/import_items/delete_items move every lineage of one path and nothing else."""
-    src = CheckpointStore(tmp_path / "src")
-    dst = CheckpointStore(tmp_path / "dst")
+    src = CheckpointStore(WorkerStateDir(tmp_path / "src"))
+    dst = CheckpointStore(WorkerStateDir(tmp_path / "dst"))
     try:
         a_old, a_new = _record("a-1", "cam/a.mp4"), _record("a-2", "cam/a.mp4")
         b = _record("b-1", "cam/a.mp4.bak/b.mp4")
@@ -164,13 +166,13 @@ def test_export_import_delete_moves_one_path(tmp_path: Path) -> None:
 
 def test_second_open_is_refused(tmp_path: Path) -> None:
     """A second store on a directory whose LevelDB is open fails on the lock."""
-    first = CheckpointStore(tmp_path / "w")
+    first = CheckpointStore(WorkerStateDir(tmp_path / "w"))
     try:
         with pytest.raises(Exception, match="(?i)lock"):
-            CheckpointStore(tmp_path / "w")
+            CheckpointStore(WorkerStateDir(tmp_path / "w"))
     finally:
         first.close()
-    CheckpointStore(tmp_path / "w").close()  # free again once closed
+    CheckpointStore(WorkerStateDir(tmp_path / "w")).close()  # free again once closed
 
 
 def test_stream_record_json_round_trip() -> None:
@@ -195,7 +197,7 @@ def test_undecodable_path_can_be_stored(store: CheckpointStore) -> None:
 
 
 def test_part_copies_are_committed_in_one_batch_and_survive_reopen(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path / "db")
+    store = CheckpointStore(WorkerStateDir(tmp_path / "db"))
     record = _record("a-1", "a.mp4").evolve(upload_id="up-1")
     store.start_stream(record)
     for i in range(3):
@@ -205,7 +207,7 @@ def test_part_copies_are_committed_in_one_batch_and_survive_reopen(tmp_path: Pat
               for c in store.chunks("a-1")[:2]]
     store.commit_parts(record, copied)
     store.close()
-    again = CheckpointStore(tmp_path / "db")
+    again = CheckpointStore(WorkerStateDir(tmp_path / "db"))
     chunks = again.chunks("a-1")
     assert [c.part_etag for c in chunks] == ['"etag0"', '"etag1"', None]
     assert [c.part_upload for c in chunks] == ["up-1", "up-1", None]
@@ -222,7 +224,7 @@ def test_records_written_before_part_copies_existed_still_load(tmp_path: Path) -
     import plyvel
 
     (tmp_path / "db").mkdir()
-    db = plyvel.DB(str(tmp_path / "db" / "checkpoints.ldb"), create_if_missing=True)
+    db = plyvel.DB(str(WorkerStateDir(tmp_path / "db").checkpoints), create_if_missing=True)
     old = {"stream_id": "a-1", "rel_path": "a.mp4", "dev": 1, "ino": 2, "chunk_size": 5,
            "started_at": 1.0, "size": 5, "mtime_ns": 0, "status": "active",
            "end_reason": None, "completed_at": None, "reopen_count": 0,
@@ -231,7 +233,7 @@ def test_records_written_before_part_copies_existed_still_load(tmp_path: Path) -
     db.put(b"c/a-1/00000000", json.dumps({"index": 0, "offset": 0, "size": 5,
                                           "xxh3_128": "0" * 32, "uploaded_at": 1.0}).encode())
     db.close()
-    store = CheckpointStore(tmp_path / "db")
+    store = CheckpointStore(WorkerStateDir(tmp_path / "db"))
     assert store.stream("a-1").upload_id is None  # type: ignore[union-attr]
     assert store.chunks("a-1")[0].part_upload is None
     store.close()

@@ -6,6 +6,11 @@ when the effect is recorded in the checkpoint store it appends a *done* mark.
 After a crash, the intents without a done mark are what may have happened in S3
 without being recorded: ``Uploader.reconcile`` settles them with what S3 holds.
 
+This log is the one place intents are kept: those recovered at open (to reconcile),
+those of the current run (an attempt that failed is superseded by its retry, so
+pending intents stay few), and the fold of records into pending intents, which
+``processor inspect`` uses too.
+
 Framing: ``<u32 length><u32 crc32(payload)><payload: JSON>``, little-endian. A
 record that is short, too long or fails its CRC ends the log: it and everything
 after it are cut (a torn write from a crash, or corruption), never trusted.
@@ -22,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.durability import state_write
+from shared.state.errors import state_write
+from shared.state.layout import WorkerStateDir
 
-__all__ = ["Intent", "WriteAheadLog", "read_records", "MAX_RECORD"]
+__all__ = ["Intent", "WriteAheadLog", "read_records", "fold", "read_pending", "MAX_RECORD"]
 
 _HEADER = struct.Struct("<II")
 MAX_RECORD = 1 << 20
@@ -46,6 +52,16 @@ class Intent:
     @property
     def rel_path(self) -> str:
         return str(self.fields.get("rel_path", ""))
+
+    @property
+    def index(self) -> int:
+        """The chunk index (``-1`` for an effect on the final object)."""
+        return int(self.fields.get("index", -1))
+
+    @property
+    def effect(self) -> tuple[str, str, int]:
+        """What the intent is about: a retry of the same effect supersedes it."""
+        return (self.stream_id, self.op, self.index)
 
     def __str__(self) -> str:
         return f"{self.op}#{self.seq}({self.stream_id})"
@@ -79,6 +95,30 @@ def read_records(data: bytes) -> tuple[list[dict[str, Any]], int]:
     return records, pos
 
 
+def fold(records: Iterable[dict[str, Any]]) -> tuple[dict[int, Intent], int]:
+    """Replay decoded records: the intents without a done mark (by sequence number),
+    and the next sequence number to use."""
+    pending: dict[int, Intent] = {}
+    next_seq = 1
+    for record in records:
+        seq = int(record.get("seq", 0))
+        if "done" in record:
+            pending.pop(int(record["done"]), None)
+        elif "op" in record:
+            pending[seq] = Intent(seq, str(record["op"]), dict(record.get("f", {})))
+        next_seq = max(next_seq, seq + 1, int(record.get("done", 0)) + 1)
+    return pending, next_seq
+
+
+def read_pending(path: Path) -> tuple[list[Intent], int]:
+    """Read a log without changing it: its pending intents, oldest first, and how many
+    bytes of torn tail it has (for ``processor inspect``)."""
+    data = path.read_bytes() if path.exists() else b""
+    records, valid = read_records(data)
+    pending, _ = fold(records)
+    return sorted(pending.values(), key=lambda i: i.seq), len(data) - valid
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -90,8 +130,10 @@ def _fsync_dir(path: Path) -> None:
 class WriteAheadLog:
     """One worker's intent log. Opening it cuts a bad tail and finds pending intents."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, directory: WorkerStateDir) -> None:
+        self.path = directory.wal
+        self._rewrite_path = directory.wal_rewrite
+        path = self.path
         data = path.read_bytes() if path.exists() else b""
         records, valid = read_records(data)
         self.truncated_bytes = len(data) - valid
@@ -100,15 +142,9 @@ class WriteAheadLog:
                 f.truncate(valid)
                 f.flush()
                 os.fsync(f.fileno())
-        self._pending: dict[int, Intent] = {}
-        self._next_seq = 1
-        for record in records:
-            seq = int(record.get("seq", 0))
-            if "done" in record:
-                self._pending.pop(int(record["done"]), None)
-            elif "op" in record:
-                self._pending[seq] = Intent(seq, str(record["op"]), dict(record.get("f", {})))
-            self._next_seq = max(self._next_seq, seq + 1, int(record.get("done", 0)) + 1)
+        self._pending, self._next_seq = fold(records)
+        self._recovered = set(self._pending)  # found at open, not settled since
+        self._current: dict[tuple[str, str, int], int] = {}  # effect -> seq, this run
         self._file = open(path, "ab")
         if not data:
             _fsync_dir(path.parent)
@@ -116,6 +152,27 @@ class WriteAheadLog:
     def pending(self) -> list[Intent]:
         """Intents without a done mark, oldest first."""
         return sorted(self._pending.values(), key=lambda i: i.seq)
+
+    def recovered(self, stream_id: str | None = None) -> list[Intent]:
+        """Intents found pending when the log was opened and not settled since (of one
+        stream, or all), oldest first: what a crash may have left done but unrecorded."""
+        if not self._recovered:  # the usual case, asked once per stream and step
+            return []
+        return [i for i in self.pending() if i.seq in self._recovered
+                and (stream_id is None or i.stream_id == stream_id)]
+
+    def begin(self, op: str, *, stream_id: str, index: int, durable: bool = True,
+              **fields: Any) -> Intent:
+        """``intend`` for the worker's own effects: an intent of the same effect left
+        open by a failed attempt in this run is marked done first (the retry re-does
+        it), so a stream that keeps failing does not grow the pending set."""
+        effect = (stream_id, op, index)
+        previous = self._current.pop(effect, None)
+        if previous is not None and previous in self._pending:
+            self.done(self._pending[previous])
+        intent = self.intend(op, durable=durable, stream_id=stream_id, index=index, **fields)
+        self._current[effect] = intent.seq
+        return intent
 
     def intend(self, op: str, *, durable: bool = True, **fields: Any) -> Intent:
         """Record that ``op`` is about to happen; returns the intent to close later.
@@ -133,6 +190,9 @@ class WriteAheadLog:
         """Mark ``intent`` as recorded. Not fsynced: losing it only causes a harmless
         second reconciliation of an effect that is idempotent."""
         self._pending.pop(intent.seq, None)
+        self._recovered.discard(intent.seq)
+        if self._current.get(intent.effect) == intent.seq:
+            del self._current[intent.effect]
         self._append({"seq": self._next_seq, "done": intent.seq}, sync=False)
         self._next_seq += 1
         if self._file.tell() > COMPACT_AT_BYTES:
@@ -152,7 +212,7 @@ class WriteAheadLog:
     def rewrite(self, keep: Iterable[Intent]) -> None:
         """Atomically replace the log with only ``keep`` (compaction, migration)."""
         keep = sorted(keep, key=lambda i: i.seq)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self._rewrite_path
         with state_write("write-ahead log rewrite"), open(tmp, "wb") as f:
             f.write(_frame({"seq": self._next_seq - 1}))  # keeps numbering monotonic
             for intent in keep:
@@ -163,6 +223,7 @@ class WriteAheadLog:
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
         self._pending = {i.seq: i for i in keep}
+        self._recovered &= set(self._pending)
         self._file = open(self.path, "ab")
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""What happens when the worker's own state cannot be written (disk full, I/O error).
+"""What happens when a worker's own state cannot be written (disk full, I/O error).
 
 A failed write leaves a LevelDB handle whose log may be misframed (commits that
 "succeed" afterwards are lost on reopen) and a write-ahead log with a torn

@@ -1,0 +1,125 @@
+"""The records a worker's LevelDB holds, and their codec.
+
+Keys::
+
+  s/<stream_id>              the stream's record (JSON)
+  c/<stream_id>/<index:08d>  one committed chunk (JSON)
+  p/<relative path>          the stream id of the path's current lineage
+
+The JSON field names are the on-disk format: a state dir written by an earlier
+release must load unchanged, so fields are only ever added, with defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shared.routing import path_bytes
+
+__all__ = ["StreamStatus", "ChunkRecord", "StreamRecord", "stream_key", "chunk_key",
+           "chunk_prefix", "path_key", "STREAM_PREFIX", "chunk_index_of"]
+
+STREAM_PREFIX = b"s/"
+
+
+class StreamStatus(enum.Enum):
+    """What is stored; ``worker.stream.StreamState`` names the four states that this and
+    ``end_reason`` make together."""
+
+    ACTIVE = "active"            # seen, not finalized (growing, or reopened)
+    COMPLETE = "complete"        # metadata.json written
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk S3 acknowledged: its place in the file and the hash of its bytes; and,
+    once copied, the ETag of its part in the multipart upload ``part_upload``."""
+
+    index: int
+    offset: int
+    size: int
+    xxh3_128: str
+    uploaded_at: float
+    part_upload: str | None = None
+    part_etag: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    def to_json(self) -> bytes:
+        return json.dumps(vars(self)).encode()  # its fields are all JSON scalars
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ChunkRecord:
+        return cls(**json.loads(raw))
+
+    def same_bytes(self, other: ChunkRecord) -> bool:
+        """The same upload of the same bytes (whatever was copied from it since)."""
+        return (self.index, self.size, self.xxh3_128, self.uploaded_at) == (
+            other.index, other.size, other.xxh3_128, other.uploaded_at)
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One lineage of one file. ``end_reason`` is set when the source went away
+    (``source_deleted``) or was replaced/truncated (``source_replaced``): the stream
+    is then finalized from what was uploaded. ``upload_id`` is the multipart upload
+    of the final object that chunks are being copied into, until it is completed."""
+
+    stream_id: str
+    rel_path: str
+    dev: int
+    ino: int
+    chunk_size: int
+    started_at: float
+    size: int = 0
+    mtime_ns: int = 0
+    status: StreamStatus = StreamStatus.ACTIVE
+    end_reason: str | None = None
+    completed_at: float | None = None
+    reopen_count: int = 0
+    chunks_reuploaded: int = 0
+    upload_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_write_at(self) -> float:
+        return self.mtime_ns / 1e9
+
+    def to_json(self) -> bytes:
+        data = dict(vars(self))  # not asdict(): it deep-copies, on every chunk commit
+        data["status"] = self.status.value
+        return json.dumps(data).encode()  # ASCII escapes keep undecodable names
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> StreamRecord:
+        data = json.loads(raw)
+        data["status"] = StreamStatus(data["status"])
+        return cls(**data)
+
+    def evolve(self, **changes: Any) -> StreamRecord:
+        return replace(self, **changes)
+
+
+def stream_key(stream_id: str) -> bytes:
+    return STREAM_PREFIX + stream_id.encode()
+
+
+def chunk_prefix(stream_id: str) -> bytes:
+    return b"c/" + stream_id.encode() + b"/"
+
+
+def chunk_key(stream_id: str, index: int) -> bytes:
+    return chunk_prefix(stream_id) + b"%08d" % index
+
+
+def chunk_index_of(key: bytes) -> int:
+    return int(key.rsplit(b"/", 1)[1])
+
+
+def path_key(rel_path: str) -> bytes:
+    return b"p/" + path_bytes(rel_path)

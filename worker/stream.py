@@ -1,0 +1,210 @@
+"""One stream (one lineage of one file): the only code that changes a stream's state.
+
+Each transition below changes the in-memory record and LevelDB together, in one
+place, so memory never runs ahead of what a restart would find: a method writes the
+store first (a failed write ends the worker, ``StateWriteError``) and then memory.
+What lives in memory alone is observation: the size and mtime last seen (saved with
+the next transition), when the file last changed, and the backoff of failed attempts.
+
+The stored pair (``status``, ``end_reason``) makes four states, named here::
+
+    RECORDING --end()--> ENDING --complete()--> ENDED      (source deleted/replaced)
+        |  ^                                               (forgotten, see forget())
+   complete()  reopen()
+        v  |
+      COMPLETE
+"""
+
+from __future__ import annotations
+
+import enum
+
+from shared.keys import StreamKeys
+from shared.messages import StreamProgress
+from shared.state.records import ChunkRecord, StreamRecord, StreamStatus
+from shared.state.store import CheckpointStore
+from worker.planning import ChunkSpan, chunks_kept_on_reopen, completion_spans, next_full_chunk
+from worker.settled import FileState
+
+__all__ = ["Stream", "StreamState"]
+
+
+class StreamState(enum.Enum):
+    RECORDING = "recording"  # chunks go up as the file grows; completes after the timeout
+    ENDING = "ending"        # the file went away or was replaced: finalize what was uploaded
+    COMPLETE = "complete"    # metadata.json written; reopened if the file grows again
+    ENDED = "ended"          # completed after an early end: nothing looks at it again
+
+    @classmethod
+    def of(cls, record: StreamRecord) -> StreamState:
+        if record.status is StreamStatus.ACTIVE:
+            return cls.RECORDING if record.end_reason is None else cls.ENDING
+        return cls.COMPLETE if record.end_reason is None else cls.ENDED
+
+    @property
+    def unfinished(self) -> bool:
+        return self in (StreamState.RECORDING, StreamState.ENDING)
+
+
+class Stream:
+    """A stream's committed state (record, chunks) and what was last observed."""
+
+    def __init__(self, store: CheckpointStore, record: StreamRecord,
+                 chunks: list[ChunkRecord], keys: StreamKeys) -> None:
+        self._store = store
+        self.record = record
+        self.chunks = chunks
+        self.keys = keys
+        # observations: memory only
+        self.last_change: float | None = None  # monotonic time of the last change seen
+        self.next_attempt = 0.0                # monotonic time before which no S3 work
+        self.failures = 0
+        self.permanent_logged = False
+        self.source_error_logged = False
+        # chunk index -> (the settled file's state before the chunk was read, its xxh3):
+        # completion need not read it again while the file is still in that state
+        self.settled: dict[int, tuple[FileState, str]] = {}
+
+    # construction
+    @classmethod
+    def load(cls, store: CheckpointStore, record: StreamRecord, prefix: str) -> Stream:
+        return cls(store, record, store.chunks(record.stream_id),
+                   StreamKeys(prefix, record.rel_path, record.stream_id))
+
+    @classmethod
+    def start(cls, store: CheckpointStore, record: StreamRecord, keys: StreamKeys) -> Stream:
+        """Record a new lineage, current for its path. Unsynced: detecting a file costs
+        no fsync of its own; ``make_durable`` (or the worker's once-a-second batch,
+        ``CheckpointStore.make_all_durable``) syncs it before S3 hears of it."""
+        store.start_stream(record, sync=False)
+        return cls(store, record, [], keys)
+
+    @staticmethod
+    def forget(store: CheckpointStore, stream_id: str) -> None:
+        """Drop a finished lineage's checkpoint (its objects in S3 stay)."""
+        store.forget_stream(stream_id)
+
+    # reading
+    @property
+    def stream_id(self) -> str:
+        return self.record.stream_id
+
+    @property
+    def rel_path(self) -> str:
+        return self.record.rel_path
+
+    @property
+    def state(self) -> StreamState:
+        return StreamState.of(self.record)
+
+    @property
+    def upload_id(self) -> str | None:
+        return self.record.upload_id
+
+    @property
+    def committed_bytes(self) -> int:
+        """Where the committed chunks end (they are contiguous from offset 0)."""
+        return self.chunks[-1].end if self.chunks else 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes seen on disk past the committed chunks."""
+        return max(0, self.record.size - self.committed_bytes)
+
+    def span_of(self, chunk: ChunkRecord) -> ChunkSpan:
+        """A committed chunk's place, to upload it again."""
+        return ChunkSpan(chunk.index, chunk.offset, chunk.size)
+
+    def next_full_chunk(self) -> ChunkSpan | None:
+        return next_full_chunk(len(self.chunks), self.committed_bytes, self.record.size,
+                               self.record.chunk_size)
+
+    def completion_spans(self) -> list[ChunkSpan]:
+        return completion_spans(len(self.chunks), self.committed_bytes, self.record.size,
+                                self.record.chunk_size)
+
+    def progress(self, now: float, timeout: float) -> StreamProgress:
+        """What this unfinished stream is doing, for ``/streams``."""
+        record = self.record
+        idle = now - self.last_change if self.last_change is not None else 0.0
+        if record.end_reason is not None:
+            state = record.end_reason
+        elif self.next_attempt > now:
+            state = "backoff"
+        elif idle >= timeout:
+            state = "finalizing"
+        else:
+            state = "growing"
+        return StreamProgress(
+            stream_id=self.stream_id, rel_path=record.rel_path, state=state,
+            bytes_on_disk=record.size, bytes_uploaded=self.committed_bytes,
+            chunks=len(self.chunks), started_at=record.started_at,
+            last_write_at=record.last_write_at, idle_seconds=round(idle, 3),
+            completes_in=round(max(0.0, timeout - idle), 3), failures=self.failures)
+
+    # observation: memory only, saved with the next transition
+    def observed(self, size: int, mtime_ns: int, now: float) -> None:
+        self.record = self.record.evolve(size=size, mtime_ns=mtime_ns)
+        self.last_change = now
+
+    # transitions: LevelDB and memory together
+    def make_durable(self) -> None:
+        """Sync the record if it was started unsynced: before any S3 request names it."""
+        self._store.make_durable(self.record)
+
+    def commit_chunk(self, chunk: ChunkRecord) -> None:
+        """S3 acknowledged chunk ``chunk.index``: a new last chunk, or a replacement of
+        one whose bytes changed on disk (counted in ``chunks_reuploaded``)."""
+        replacing = chunk.index < len(self.chunks)
+        record = self.record
+        if replacing:
+            record = record.evolve(chunks_reuploaded=record.chunks_reuploaded + 1)
+        self._store.commit_chunk(record, chunk)
+        self.record = record
+        if replacing:
+            self.chunks[chunk.index] = chunk
+        else:
+            self.chunks.append(chunk)
+
+    def open_upload(self, upload_id: str) -> None:
+        """The final object's multipart upload was created."""
+        self._save(self.record.evolve(upload_id=upload_id))
+
+    def commit_parts(self, chunks: list[ChunkRecord]) -> None:
+        """Chunks copied into parts of the open upload (records with their part ETags)."""
+        self._store.commit_parts(self.record, chunks)
+        for chunk in chunks:
+            self.chunks[chunk.index] = chunk
+
+    def drop_upload(self) -> None:
+        """The multipart upload is gone or abandoned: the next one starts afresh."""
+        self._save(self.record.evolve(upload_id=None))
+
+    def end(self, end_reason: str) -> None:
+        """RECORDING -> ENDING: the file was deleted or replaced while recording."""
+        self._save(self.record.evolve(end_reason=end_reason))
+
+    def complete(self, completed_at: float) -> None:
+        """RECORDING -> COMPLETE, or ENDING -> ENDED: metadata.json is written."""
+        self._save(self.record.evolve(status=StreamStatus.COMPLETE, completed_at=completed_at,
+                                      upload_id=None))
+
+    def reopen(self, keep_chunks: bool) -> None:
+        """COMPLETE -> RECORDING: the file grew after completion. A short last chunk is
+        replaced by a fuller one at its key; without ``keep_chunks`` every chunk was
+        deleted in S3, so all are uploaded again."""
+        kept = chunks_kept_on_reopen([c.size for c in self.chunks], self.record.chunk_size)
+        keep = self.chunks[:kept] if keep_chunks else []
+        record = self.record.evolve(status=StreamStatus.ACTIVE, completed_at=None,
+                                    reopen_count=self.record.reopen_count + 1)
+        self._store.drop_chunks_from(record, len(keep))
+        self.record = record
+        self.chunks = list(keep)
+        self.settled.clear()  # the file moved on: every chunk is read again at completion
+
+    def _save(self, record: StreamRecord) -> None:
+        self._store.save_stream(record)
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"Stream({self.stream_id}, {self.state.value}, chunks={len(self.chunks)})"
