@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.badinput.support import Service, service
-from tests.e2e.harness import check_stream, metadata_documents, read_object, wait_until
+from tests.support.bucket import check_stream, metadata_documents, read_object
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 from tests.support.videos import make_not_mp4, make_video
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from supervisor.inspection import read_state
-from tests.e2e.harness import check_stream, wait_for_metadata
+from tests.support.bucket import check_stream, wait_for_metadata
 from tests.support.proxy import RecordingProxy
 from tests.support.videos import make_not_mp4
 from worker.checkpoint import CheckpointStore, StreamRecord, StreamStatus

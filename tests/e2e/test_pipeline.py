@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import check_stream, chunk_puts, wait_for_metadata
+from tests.support.bucket import check_stream, wait_for_metadata
 from tests.support.proxy import RecordingProxy
+from tests.support.puts import chunk_puts
 from tests.support.videos import make_not_mp4, make_video, start_live_writer
 
 pytestmark = pytest.mark.timeout(240)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import wait_until
 from tests.faults.common import KillLedger, Row, end_check, pick, seeded
+from tests.support.runner import wait_until
 from tests.support.videos import make_video
 from worker.wal import read_records
 
