@@ -1,20 +1,23 @@
-"""The real ``processor`` as the bench runs it: one process group per run.
+"""The real ``processor`` as the bench runs it: the tests' runner, plus what only the
+bench needs.
 
-Starting it, its JSON log and its metrics. The bench needs things a test does not:
-the moment it was started (wall times are measured from it), a log reader that
-follows the file incrementally and notices an event within 20 ms, the rusage of the
-whole group when it is reaped (CPU), and a check that nothing is left behind.
+The process itself is started, signalled and its JSON log read by
+:class:`tests.support.runner.Processor`, the one runner of the test suites, so that
+the bench runs the service exactly as the tests do. On top of it (composition, not a
+copy) the bench needs: the moment it was started (wall times are measured from it),
+waits that notice an event within 20 ms, the rusage of the whole group when it is
+reaped (its CPU, from ``wait4``), a check that nothing is left behind, and its
+``/metrics`` histograms. A bench run also differs in its options (10 MiB chunks,
+any watch dir, ...), given as the runner's ``extra`` arguments, which come last on
+the command line: the processor takes the last value of an option given twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,57 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import CHUNK, Broken, client_env, group_pids, killpg, wait4
+from bench.harness import CHUNK, Broken, group_pids, killpg, wait4
+from tests.support.metrics import parse_metrics
+from tests.support.runner import Processor
 from tests.support.s3server import S3Endpoint
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    events = []
-    if not path.exists():
-        return events
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            events.append(json.loads(line))
-    return events
-
-
-class LogTail:
-    """Incremental reader of the processor's JSON log."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.events: list[dict[str, Any]] = []
-        self.counts: dict[str, int] = {}
-
-    def poll(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            self.events.append(event)
-            name = event.get("event", "")
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def count(self, name: str) -> int:
-        self.poll()
-        return self.counts.get(name, 0)
 
 
 @dataclass
 class ProcessorRun:
+    """One run of the processor on ``watch_dir``, uploading to ``bucket``."""
+
     workdir: Path
     watch_dir: Path
     ep: S3Endpoint
@@ -80,52 +42,64 @@ class ProcessorRun:
     workers: int
     stream_timeout: float
     extra: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     started_wall: float = 0.0
+    runner: Processor = field(init=False)
+    _seen: int = field(default=0, init=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = Processor(
+            self.workdir, self.ep, self.bucket, workers=self.workers,
+            stream_timeout=self.stream_timeout, drain_timeout=20,
+            extra=["--watch-dir", str(self.watch_dir), "--s3-region", self.ep.region,
+                   "--chunk-size", str(CHUNK), *self.extra])
+
+    @property
+    def proc(self) -> Any:
+        return self.runner.proc
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "processor.log"
+        return self.runner.log_path()
 
-    def start(self) -> LogTail:
-        processor = Path(sys.executable).with_name("processor")
-        cmd = [str(processor)] if processor.exists() else [sys.executable, "-m",
-                                                           "supervisor.cli"]
-        argv = cmd + [
-            "--watch-dir", str(self.watch_dir), "--state-dir", str(self.workdir / "state"),
-            "--s3-endpoint", self.ep.url, "--s3-bucket", self.bucket,
-            "--s3-region", self.ep.region, "--workers", str(self.workers),
-            "--chunk-size", str(CHUNK), "--stream-timeout", str(self.stream_timeout),
-            "--metrics-port", "0", "--drain-timeout", "20", *self.extra]
-        with open(self.log_path, "wb") as out:
-            self.started = time.perf_counter()
-            self.started_wall = time.time()
-            self.proc = subprocess.Popen(argv, cwd=self.workdir, env=client_env(self.ep),
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        return LogTail(self.log_path)
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.runner.start()
 
-    def wait_for(self, tail: LogTail, name: str, count: int, timeout: float,
-                 every: float = 0.02) -> float:
+    def count(self, name: str) -> int:
+        """How many ``name`` events the log holds so far (reads only what is new)."""
+        news = self.runner.log().since(self._seen)
+        self._seen += len(news)
+        for event in news:
+            key = event.get("event", "")
+            self._counts[key] = self._counts.get(key, 0) + 1
+        return self._counts.get(name, 0)
+
+    def wait_for(self, name: str, count: int, timeout: float, every: float = 0.02) -> float:
         """perf_counter time at which ``count`` ``name`` events were seen."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while tail.count(name) < count:
+        while self.count(name) < count:
             if self.proc.poll() is not None:
                 raise Broken(f"processor exited ({self.proc.returncode}) waiting for "
                              f"{count}x {name}:\n{self.tail_text()}")
             if time.monotonic() > deadline:
-                raise Broken(f"processor: {tail.count(name)}/{count} {name} after "
+                raise Broken(f"processor: {self.count(name)}/{count} {name} after "
                              f"{timeout:.0f}s:\n{self.tail_text()}")
             time.sleep(every)
         return time.perf_counter()
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every event of the run's log (after ``stop``: to its last line)."""
+        return self.runner.events()
+
     def stop(self) -> tuple[int, Any]:
         """SIGTERM, then reap: rusage covers the supervisor and its reaped workers."""
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGTERM)
-        timer = threading.Timer(40, lambda: killpg(self.proc.pid))  # type: ignore[union-attr]
+        self.runner.signal(signal.SIGTERM)
+        timer = threading.Timer(40, lambda: killpg(self.proc.pid))
         timer.start()
         try:
             code, usage = wait4(self.proc)
@@ -150,14 +124,15 @@ class ProcessorRun:
         return code, usage
 
     def kill(self) -> None:
+        """After a failure: SIGKILL to the group and reap, without waiting for a drain
+        (the runner's ``stop`` would give it ``drain_timeout`` first)."""
         if self.proc is not None and self.proc.returncode is None:
             killpg(self.proc.pid)
             with contextlib.suppress(ChildProcessError):
                 wait4(self.proc)
 
     def tail_text(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.runner.tail(lines)
 
 
 def histogram_p99(port: int, name: str) -> float | None:
@@ -169,10 +144,10 @@ def histogram_p99(port: int, name: str) -> float | None:
     except OSError:
         return None
     buckets = []
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    for series, value in parse_metrics(text).items():
+        if series.startswith(name + "_bucket{"):
+            le = series.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), value))
     if not buckets or buckets[-1][1] == 0:
         return None
     buckets.sort()

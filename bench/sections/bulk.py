@@ -41,7 +41,7 @@ from bench.harness import (
 from bench.inputs import warm_set
 from bench.sections.assembly import assembly_baseline
 from bench.sections.idle import mean_run, repeats
-from bench.service import ProcessorRun, read_events
+from bench.service import ProcessorRun
 from bench.service_api import worker_for
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 
@@ -66,20 +66,20 @@ def bulk_processor(ep: S3Endpoint, s3: Any, work: Path, data_dir: Path, files: l
     workdir = work / f"proc-{workers}w-{bucket[-6:]}"
     workdir.mkdir()
     pr = ProcessorRun(workdir, data_dir, ep, bucket, workers, stream_timeout=1.0)
-    tail = pr.start()
+    pr.start()
     assert pr.proc is not None
     spy: subprocess.Popen[bytes] | None = None
     try:
         with MemorySampler(pr.proc.pid) as mem:
             if profile is not None:
-                pr.wait_for(tail, "worker_started", workers, 60)
+                pr.wait_for("worker_started", workers, 60)
                 worker_pids = [p for p in group_pids(pr.proc.pid)
                                if proc_role(p, pr.proc.pid) == "worker"]
                 spy = start_py_spy(worker_pids[0], profile)
             if files:
-                done = pr.wait_for(tail, "stream_completed", len(files), 600)
+                done = pr.wait_for("stream_completed", len(files), 600)
             else:  # idle: the fixed cost of starting and stopping
-                done = pr.wait_for(tail, "bucket_ready", workers, 60)
+                done = pr.wait_for("bucket_ready", workers, 60)
             wall = done - pr.started
             live_cpu = sum(safe_cpu(p) for p in group_pids(pr.proc.pid))
             stop_py_spy(spy)
@@ -88,7 +88,7 @@ def bulk_processor(ep: S3Endpoint, s3: Any, work: Path, data_dir: Path, files: l
         pr.kill()
         raise
     check_processor_output(s3, bucket, files)
-    events = read_events(pr.log_path)
+    events = pr.events()
     puts = [e["seconds"] for e in events if e.get("event") == "chunk_uploaded"]
     name = f"processor {workers}w" + ("" if nbytes else " idle")
     run = Run(name, wall, usage.ru_utime, usage.ru_stime, nbytes, 0)

@@ -21,7 +21,7 @@ import xxhash
 
 from bench.harness import CHUNK, Broken, empty_bucket, listing, parse_ts, pct
 from bench.sections.assembly import complete_baseline
-from bench.service import ProcessorRun, read_events
+from bench.service import ProcessorRun
 from bench.service_api import probe_media, worker_for
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 
@@ -50,12 +50,12 @@ def live_latency(ep: S3Endpoint, s3: Any, work: Path, sources: list[Path], rate:
         i += 1
     contents = {n: src.read_bytes() for n, src in zip(names, sources, strict=True)}
     pr = ProcessorRun(workdir, watch, ep, bucket, workers, stream_timeout=timeout)
-    tail = pr.start()
+    pr.start()
     boundaries: dict[str, list[float]] = {n: [] for n in names}
     last_write: dict[str, float] = {}
     try:
-        pr.wait_for(tail, "worker_started", workers, 60)
-        pr.wait_for(tail, "bucket_ready", workers, 60)
+        pr.wait_for("worker_started", workers, 60)
+        pr.wait_for("bucket_ready", workers, 60)
         fds = {n: os.open(watch / n, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                for n in names}
         written = dict.fromkeys(names, 0)
@@ -76,12 +76,12 @@ def live_latency(ep: S3Endpoint, s3: Any, work: Path, sources: list[Path], rate:
         for fd in fds.values():
             os.close(fd)
         last_write = {n: os.stat(watch / n).st_mtime for n in names}
-        pr.wait_for(tail, "stream_completed", streams, 120 + 3 * timeout)
+        pr.wait_for("stream_completed", streams, 120 + 3 * timeout)
         _, usage = pr.stop()
     except BaseException:
         pr.kill()
         raise
-    events = read_events(pr.log_path)
+    events = pr.events()
     by_id = {e["stream_id"]: e["rel_path"] for e in events if e.get("event") == "stream_detected"}
     overheads: list[float] = []
     puts: list[float] = []

@@ -25,7 +25,7 @@ from bench.harness import (
     start_py_spy,
     stop_py_spy,
 )
-from bench.service import ProcessorRun, histogram_p99, read_events
+from bench.service import ProcessorRun, histogram_p99
 from tests.support.s3server import S3Endpoint, free_port, unique_bucket_name
 
 
@@ -42,13 +42,13 @@ def many_streams(ep: S3Endpoint, s3: Any, work: Path, source: Path, count: int,
     metrics_port = free_port()
     pr = ProcessorRun(workdir, watch, ep, bucket, workers, stream_timeout=600,
                       extra=["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"])
-    tail = pr.start()
+    pr.start()
     assert pr.proc is not None
     created: dict[str, float] = {}
     phase: dict[str, str] = {}
     try:
-        pr.wait_for(tail, "worker_started", workers, 60)
-        pr.wait_for(tail, "bucket_ready", workers, 60)
+        pr.wait_for("worker_started", workers, 60)
+        pr.wait_for("bucket_ready", workers, 60)
         sup = pr.proc.pid
         names = [f"s{i:04d}.mp4" for i in range(count)]
 
@@ -98,7 +98,7 @@ def many_streams(ep: S3Endpoint, s3: Any, work: Path, source: Path, count: int,
                     time.sleep(min(target, next_probe) - now)
             cpu1, w1 = proc_cpu(sup), time.monotonic()
             group1 = sum(safe_cpu(p) for p in group_pids(sup))
-        pr.wait_for(tail, "stream_detected", count + probes, 60)
+        pr.wait_for("stream_detected", count + probes, 60)
         dispatch = histogram_p99(metrics_port, "processor_dispatch_seconds")
         stop_py_spy(spy)
         for fd in fds.values():
@@ -107,7 +107,7 @@ def many_streams(ep: S3Endpoint, s3: Any, work: Path, source: Path, count: int,
     except BaseException:
         pr.kill()
         raise
-    events = read_events(pr.log_path)
+    events = pr.events()
     detected = {e["rel_path"]: parse_ts(e["timestamp"]) for e in events
                 if e.get("event") == "stream_detected"}
     lat = {n: detected[n] - created[n] for n in created}
