@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.service_api import PROBE_HELPER_MODULE
 from tests.support.s3server import S3Endpoint
 
 MiB = 1024 * 1024
@@ -96,7 +97,7 @@ def proc_role(pid: int, root: int) -> str:
         return "resource_tracker"
     if b"spawn_main" in cmd:
         return "worker"
-    if b"worker.prober" in cmd:
+    if PROBE_HELPER_MODULE.encode() in cmd:
         return "probe helper"
     return "other"
 

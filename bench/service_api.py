@@ -8,6 +8,9 @@ to follow them. The bench uses two things of the service itself:
   can put one live stream on each worker and warm only the workers the data uses.
 * ``worker.media.probe_media`` -- the PyAV probe a worker runs when a stream is
   finished, timed alone as a part of finalization that is not the service's code.
+
+and one name: the module a worker's probe helper runs as (``python -m
+worker.prober``), by which the memory sampler tells that process from the others.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 from shared.routing import worker_for
 
-__all__ = ["probe_media", "worker_for"]
+__all__ = ["PROBE_HELPER_MODULE", "probe_media", "worker_for"]
+
+PROBE_HELPER_MODULE = "worker.prober"
 
 
 def probe_media(path: Path) -> Any:
