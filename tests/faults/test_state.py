@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from tests.faults.common import KillLedger, Row, end_check, pick, seeded
+from tests.support.markers import flush_worker
+from tests.support.puts import writes
 from tests.support.runner import wait_until
 from tests.support.videos import make_video
 from worker.wal import read_records
@@ -172,14 +174,18 @@ def test_state_disk_full(small_state_disk: Path, make_processor: Any, client: An
     reliability.seconds = time.monotonic() - started
     reliability.notes.update(failed_attempts=failed_attempts)
     print(reliability.line())
-    # the checkpoint is sound: a clean restart resumes nothing and uploads nothing again
+    # the checkpoint is sound: a clean restart resumes nothing and uploads nothing again,
+    # once the worker has handled the start-up scan's events for both files (a marker
+    # file, written after the scan, has completed: tests/support/markers.py)
     processor.stop()
-    seen = len(proxy.requests())
+    proxy.clear()
     processor.start()
-    processor.wait_for_event("worker_started", timeout=60)
-    time.sleep(processor.stream_timeout + 3.0)
+    processor.wait_for_event("supervisor_started", timeout=60)
+    marker = flush_worker(processor, "cam0.mp4")
     resumed = [e for e in processor.events() if e.get("event") == "worker_started"]
-    puts_again = [r.path for r in proxy.requests()[seen:] if r.method == "PUT"]
+    puts_again = [r.path for r in writes(proxy, bucket, except_prefixes=[marker.object_prefix])]
+    assert not [e for e in processor.events() if e.get("event") == "stream_detected"
+                and e["rel_path"] in ("cam0.mp4", "cam1.mp4")], "a finished file came back"
     reliability.notes.update(resumed_after_restart=resumed[0]["resumed_streams"],
                              puts_after_clean_restart=len(puts_again))
     print(reliability.line())
