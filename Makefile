@@ -5,10 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test test-faults test-rgw rgw-up rgw-down lint venv system-deps bench bench-smoke docker-smoke clean
+.PHONY: test test-unit test-faults test-rgw rgw-up rgw-down lint venv system-deps bench bench-smoke docker-smoke clean
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The in-process unit tests alone (tests/shared, worker, supervisor, and the proxy and
+# S3-server tests of tests/support), under a minute: the `unit` marker is set by
+# tests/conftest.py from where a test lives.
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 # The fault-injection scenarios with their full repetitions (minutes); `make test`
 # runs them with fewer.

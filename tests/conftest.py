@@ -11,6 +11,29 @@ import pytest
 from tests.support.proxy import RecordingProxy
 from tests.support.s3server import S3Endpoint, s3_endpoint, unique_bucket_name
 
+# `make test-unit` (`pytest -m unit`): the in-process tests, which start no
+# `processor`, marked here by where they live rather than one by one, so a new test
+# in these places is a unit test without anyone remembering to say so. A test there
+# that is too slow for the under-a-minute budget opts out with `@pytest.mark.slow`
+# (or, for a file, a line in _NOT_UNIT).
+_TESTS = Path(__file__).resolve().parent
+_UNIT_DIRS = ("shared", "worker", "supervisor")
+_UNIT_FILES = ("support/test_proxy.py", "support/test_s3server.py")
+_NOT_UNIT: tuple[str, ...] = ()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            where = item.path.resolve().relative_to(_TESTS).as_posix()
+        except ValueError:
+            continue
+        if not (where.split("/", 1)[0] in _UNIT_DIRS or where in _UNIT_FILES):
+            continue
+        if where in _NOT_UNIT or item.get_closest_marker("slow") is not None:
+            continue
+        item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Endpoint]:
@@ -43,7 +66,7 @@ def client(s3: S3Endpoint) -> Any:
 def make_processor(tmp_path: Path, s3: S3Endpoint, proxy: RecordingProxy,
                    bucket: str) -> Iterator[Any]:
     """Build processors talking through the proxy; each is stopped after the test."""
-    from tests.e2e.harness import Processor
+    from tests.support.runner import Processor
 
     made: list[Processor] = []
 

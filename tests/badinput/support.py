@@ -1,6 +1,6 @@
 """Helpers shared by the bad-input and security suites.
 
-A *service run* is one real ``processor`` (tests/e2e/harness.py) with its own
+A *service run* is one real ``processor`` (tests/support/runner.py) with its own
 bucket, recording proxy and ``/metrics`` port, usually module-scoped so that
 several inputs share one process. Everything a run produces (its logs, every
 ``/metrics`` scrape, stderr of failed starts) stays under pytest's session
@@ -16,8 +16,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +23,12 @@ from typing import Any
 
 import pytest
 
-import tests.e2e.harness as harness
-from tests.e2e.harness import Processor, list_keys
+import tests.support.runner as runner
+from tests.support.bucket import list_keys
+from tests.support.http import http_get
+from tests.support.metrics import parse_metrics
 from tests.support.proxy import RecordingProxy
+from tests.support.runner import Processor, wait_until
 from tests.support.s3server import S3Endpoint, free_port, unique_bucket_name
 
 #: Buckets of these suites are named ``<BUCKET_PREFIX>-...`` so the security tests
@@ -57,16 +58,12 @@ class Service:
     def metrics_text(self) -> str:
         """``GET /metrics``; the text is also saved next to the logs (secret scan)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=10) as response:
-                    text: str = response.read().decode()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+
+        def answer() -> str | None:
+            status, text = http_get(url)
+            return text if status == 200 else None
+
+        text: str = wait_until(answer, 30, f"GET {url}", self.processor.tail, every=0.2)
         self.scrapes += 1
         (self.processor.workdir / f"metrics-{self.scrapes}.txt").write_text(text)
         return text
@@ -84,21 +81,12 @@ class Service:
         return list_keys(self.client, self.bucket)
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 @contextlib.contextmanager
 def command_prefix(prefix: list[str]) -> Iterator[None]:
     """Run the processor through ``prefix`` (e.g. setpriv, unshare) while active."""
-    original = harness.processor_command
+    original = runner.processor_command
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness, "processor_command", lambda: prefix + original())
+        mp.setattr(runner, "processor_command", lambda: prefix + original())
         yield
 
 
@@ -134,7 +122,7 @@ def unprivileged_command() -> list[str] | None:
 def command(argv: list[str]) -> Iterator[None]:
     """Run the processor as ``argv`` (instead of the console script) while active."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(harness, "processor_command", lambda: list(argv))
+        mp.setattr(runner, "processor_command", lambda: list(argv))
         yield
 
 

@@ -13,13 +13,8 @@ from typing import Any
 import pytest
 
 from tests.badinput.support import Service, appending, service
-from tests.e2e.harness import (
-    check_stream,
-    metadata_documents,
-    read_object,
-    wait_for_metadata,
-    wait_until,
-)
+from tests.support.bucket import check_stream, metadata_documents, read_object, wait_for_metadata
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

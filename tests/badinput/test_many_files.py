@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.support import Service, service
-from tests.e2e.harness import check_stream, read_object
+from tests.support.bucket import check_stream, read_object
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(420)
@@ -51,17 +52,15 @@ def test_two_thousand_files_at_once(svc: Service, record_property: Callable[[str
     started = time.monotonic()
     os.rename(staging, svc.watch_dir / "fleet")  # all 2,000 appear in one step
 
-    objects: dict[str, dict[str, object]] = {}
-    deadline = started + 360
-    while True:
-        objects = listing(svc)
-        done = sum(1 for k in objects if k.endswith("/metadata.json"))
-        if done >= COUNT:
-            break
-        assert time.monotonic() < deadline, f"{done}/{COUNT} after 360 s\n" + \
+    def all_listed() -> dict[str, dict[str, object]] | None:
+        assert svc.processor.proc is not None and svc.processor.proc.poll() is None, \
             svc.processor.tail()
-        assert svc.processor.proc is not None and svc.processor.proc.poll() is None
-        time.sleep(2)
+        found = listing(svc)
+        done = sum(1 for k in found if k.endswith("/metadata.json"))
+        return found if done >= COUNT else None
+
+    objects: dict[str, dict[str, object]] = wait_until(
+        all_listed, 360, f"{COUNT} metadata.json", svc.processor.tail, every=2)
     elapsed = time.monotonic() - started
     record_property("seconds_for_2000_files", round(elapsed, 1))
     with capsys.disabled():

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.support import Service, service
-from tests.e2e.harness import check_stream, read_object, wait_for_metadata, wait_until
+from tests.support.bucket import check_stream, read_object, wait_for_metadata
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(240)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,9 @@ from typing import Any
 import pytest
 
 from tests.badinput.support import Service, service
-from tests.e2e.harness import check_stream, metadata_documents, read_object, wait_until
+from tests.support.bucket import check_stream, metadata_documents, read_object
+from tests.support.markers import flush_worker
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 from tests.support.videos import make_not_mp4, make_video
 
@@ -171,7 +172,7 @@ def test_path_too_long_for_an_s3_key_is_refused_once_with_a_clear_error(
     permanent-error retry loop), a metric, no stream and no object; the file stays."""
     wait_until(lambda: inputs.svc.events("key_too_long"), 30, "key_too_long",
                inputs.svc.processor.tail)
-    time.sleep(1.0)  # its later events (the append) have been handled too
+    flush_worker(inputs.svc.processor, TOO_LONG)  # its later events (the append) handled too
     refused = inputs.svc.events("key_too_long")
     assert [e["rel_path"] for e in refused] == [TOO_LONG]
     assert refused[0]["key_bytes"] > refused[0]["limit"] == 1024

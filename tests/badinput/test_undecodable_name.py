@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.support import service
-from tests.e2e.harness import check_stream, metadata_documents, read_object, wait_until
+from tests.support.bucket import check_stream, metadata_documents, read_object
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

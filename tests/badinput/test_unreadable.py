@@ -24,7 +24,8 @@ from tests.badinput.support import (
     service,
     unprivileged_command,
 )
-from tests.e2e.harness import check_stream, metadata_documents, wait_for_metadata, wait_until
+from tests.support.bucket import check_stream, metadata_documents, wait_for_metadata
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import check_stream, list_keys, wait_for_metadata, wait_until
+from tests.support.bucket import check_stream, list_keys, wait_for_metadata
 from tests.support.proxy import RecordingProxy
+from tests.support.runner import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

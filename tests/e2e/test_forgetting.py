@@ -18,8 +18,10 @@ from shared.state.layout import StateDir
 from shared.state.records import StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from supervisor.inspection import read_state
-from tests.e2e.harness import check_stream, wait_for_metadata
+from tests.support.bucket import check_stream, wait_for_metadata
+from tests.support.markers import flush_worker, is_marker
 from tests.support.proxy import RecordingProxy
+from tests.support.puts import writes
 from tests.support.videos import make_not_mp4
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,7 +88,11 @@ def test_a_completed_file_moved_away_and_back_is_not_uploaded_again(
         make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy,
         tmp_path: Path) -> None:
     """Moved out while running, and out while stopped (as when a mount is not there
-    yet at start-up), then back: its checkpoint was kept, so nothing is sent."""
+    yet at start-up), then back: its checkpoint was kept, so nothing is sent.
+
+    Each step waits for a marker file (tests/support/markers.py) to complete: the
+    worker has then handled the file's disappearance or return, and whatever it
+    would have sent for it has been sent."""
     processor = make_processor(workers=1, stream_timeout=1.0)
     processor.start()
     data = make_not_mp4(tmp_path / "src.bin", (2 << 20) + 5).read_bytes()
@@ -97,23 +103,28 @@ def test_a_completed_file_moved_away_and_back_is_not_uploaded_again(
     aside = processor.workdir / "aside"
     aside.mkdir()
     proxy.clear()
+    markers = []
     os.rename(processor.watch_dir / "running.mp4", aside / "running.mp4")
-    time.sleep(2.5)  # seen missing by its worker
+    markers.append(flush_worker(processor, "running.mp4"))  # seen missing by its worker
     os.rename(aside / "running.mp4", processor.watch_dir / "running.mp4")
-    time.sleep(2.5)
+    markers.append(flush_worker(processor, "running.mp4"))  # seen back
     _stop(processor)
 
     os.rename(processor.watch_dir / "stopped.mp4", aside / "stopped.mp4")
     processor.start()
-    processor.wait_for_event("worker_started")
-    time.sleep(2.5)  # the start-up scan has been handled
+    processor.wait_for_event("supervisor_started")
+    markers.append(flush_worker(processor, "stopped.mp4"))  # the start-up scan handled
     os.rename(aside / "stopped.mp4", processor.watch_dir / "stopped.mp4")
-    time.sleep(2.5)
+    markers.append(flush_worker(processor, "stopped.mp4"))  # seen back
     _stop(processor)
 
-    assert proxy.count("PUT") == 0 and proxy.count("POST") == 0
+    assert writes(proxy, bucket, except_prefixes=[m.object_prefix for m in markers]) == []
+    detected = [e["rel_path"] for e in processor.all_events()
+                if e.get("event") == "stream_detected" and not is_marker(e["rel_path"])]
+    assert sorted(detected) == ["running.mp4", "stopped.mp4"]  # each once, when first made
     assert not [e for e in processor.all_events() if e.get("event") == "stream_forgotten"]
-    assert _recorded(processor) == {doc["stream_id"]: name for name, doc in docs.items()}
+    recorded = {sid: rel for sid, rel in _recorded(processor).items() if not is_marker(rel)}
+    assert recorded == {doc["stream_id"]: name for name, doc in docs.items()}
 
 
 def test_a_lineage_ended_just_before_a_crash_does_not_block_its_path(

@@ -5,63 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.routing import worker_for
-from tests.e2e.harness import Processor, check_stream, wait_for_metadata, wait_until
+from shared.state.layout import StateDir
+from tests.support.bucket import check_stream, wait_for_metadata
+from tests.support.http import http_get, wait_status
+from tests.support.metrics import scrape
+from tests.support.runner import Processor, alive, wait_until, worker_pids
 from tests.support.s3server import S3Endpoint, free_port, unique_bucket_name
 from tests.support.videos import make_not_mp4, make_video, start_live_writer
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def wait_status(url: str, status: int, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            code, body = get(url)
-            if code == status:
-                return body
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} never answered {status}")
-        time.sleep(0.2)
-
-
-def worker_pids(processor: Processor) -> dict[int, int]:
-    """Slot -> pid of the newest worker in each slot, from the supervisor's log."""
-    pids: dict[int, int] = {}
-    for event in processor.events():
-        if event["event"] in ("worker_spawned", "worker_restarted"):
-            pids[event["slot"]] = event["pid"]
-    return pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_dead_worker_is_restarted_and_its_stream_finishes(make_processor: Any, client: Any,
@@ -91,10 +49,8 @@ def test_workers_exit_when_the_supervisor_is_killed(make_processor: Any) -> None
     pids = list(worker_pids(processor).values())
     assert len(pids) == 3 and all(alive(p) for p in pids)
     processor.signal(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(p) for p in pids), "orphaned workers still hold the LevelDB locks"
+    wait_until(lambda: not any(alive(p) for p in pids), 10,
+               "orphaned workers still hold the LevelDB locks", every=0.1)
 
 
 def test_health_ready_and_metrics_endpoints(make_processor: Any, client: Any, bucket: str,
@@ -111,15 +67,11 @@ def test_health_ready_and_metrics_endpoints(make_processor: Any, client: Any, bu
     make_not_mp4(processor.watch_dir / "b.mp4", (5 << 20) + 20)
     wait_for_metadata(client, bucket, "a.mp4", processor=processor)
     wait_for_metadata(client, bucket, "b.mp4", processor=processor)
-    def scrape() -> tuple[str, dict[str, float]]:
-        status, text = get(f"{base}/metrics")
-        assert status == 200
-        return text, {line.split(" ")[0]: float(line.split(" ")[1])
-                      for line in text.splitlines() if line and not line.startswith("#")}
 
     # gauges are refreshed with each worker's heartbeat, once a second
-    text, values = wait_until(lambda: (m := scrape())[1]["processor_active_streams"] == 0 and m,
-                              10, "active streams back to 0")
+    text, values = wait_until(
+        lambda: (m := scrape(base))[1]["processor_active_streams"] == 0 and m,
+        10, "active streams back to 0")
     assert values["processor_chunks_uploaded_total"] == 4   # two workers, summed
     assert values["processor_uploaded_bytes_total"] == 2 * ((5 << 20) + 15)
     assert values['processor_streams_completed_total{status="complete"}'] == 2
@@ -133,7 +85,7 @@ def test_health_ready_and_metrics_endpoints(make_processor: Any, client: Any, bu
     assert values["processor_checkpoint_write_seconds_count"] >= 6  # 2 streams, 2 chunks, 2 ends
     assert values["processor_dispatch_seconds_count"] >= 2
     assert "a.mp4" not in text and "stream_id" not in text  # no per-stream labels
-    assert get(f"{base}/nope")[0] == 404
+    assert http_get(f"{base}/nope")[0] == 404
 
 
 def test_readyz_fails_while_s3_is_unreachable(tmp_path: Path, s3: S3Endpoint) -> None:
@@ -161,7 +113,7 @@ def test_torn_wal_tail_is_cut_and_the_stream_still_completes(
     shutil.copy(finished_video, processor.watch_dir / "cam.mp4")
     processor.wait_for_event("chunk_uploaded")
     processor.kill9()
-    wal = processor.state_dir / "worker-0" / "intents.wal"
+    wal = StateDir(processor.state_dir).worker(0).wal
     with open(wal, "ab") as f:
         f.write(b"\x40\x00\x00\x00\xde\xad\xbe\xefpartial record")  # a torn append
     processor.stream_timeout = 1.0

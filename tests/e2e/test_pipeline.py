@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import check_stream, chunk_puts, wait_for_metadata
+from tests.support.bucket import check_stream, wait_for_metadata
+from tests.support.markers import flush_worker
 from tests.support.proxy import RecordingProxy
+from tests.support.puts import chunk_puts, writes
 from tests.support.videos import make_not_mp4, make_video, start_live_writer
 
 pytestmark = pytest.mark.timeout(240)
@@ -217,7 +219,9 @@ def test_truncated_file_starts_a_new_stream(make_processor: Any, client: Any, bu
 def test_completed_files_are_not_uploaded_again_after_restart(
         make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy,
         finished_video: Path) -> None:
-    """A restart over finished, unchanged files sends no PUT at all."""
+    """A restart over finished, unchanged files sends no PUT at all: once the worker
+    owning the file has handled the start-up scan's event for it (a marker file routed
+    to the same worker has completed), it started no stream and sent nothing."""
     processor = make_processor(workers=2)
     processor.start()
     shutil.copy(finished_video, processor.watch_dir / "done.mp4")
@@ -226,9 +230,11 @@ def test_completed_files_are_not_uploaded_again_after_restart(
     assert processor.wait(timeout=20) == 0
     proxy.clear()
     processor.start()
-    processor.wait_for_event("worker_started", count=2)
-    time.sleep(processor.stream_timeout + 2)
-    assert proxy.count("PUT") == 0 and proxy.count("POST") == 0
+    processor.wait_for_event("supervisor_started")  # the start-up scan's events are sent
+    marker = flush_worker(processor, "done.mp4")
+    assert not [e for e in processor.events()
+                if e["event"] == "stream_detected" and e["rel_path"] == "done.mp4"]
+    assert writes(proxy, bucket, except_prefixes=[marker.object_prefix]) == []
 
 
 def test_polling_observer_finds_new_files(make_processor: Any, client: Any, bucket: str,
@@ -237,7 +243,9 @@ def test_polling_observer_finds_new_files(make_processor: Any, client: Any, buck
     processor = make_processor(workers=1, extra=["--poll"])
     processor.start()
     processor.wait_for_event("worker_started")
-    time.sleep(1.5)  # past the start-up scan: only the observer can report it
+    # the start-up scan is over (the observer's first snapshot was taken before it):
+    # only the observer can report a file made now
+    processor.wait_for_event("supervisor_started")
     (processor.watch_dir / "sub").mkdir()
     shutil.copy(finished_video, processor.watch_dir / "sub" / "polled.mp4")
     doc = wait_for_metadata(client, bucket, "sub/polled.mp4", processor=processor)
@@ -255,7 +263,11 @@ def test_a_watch_dir_removed_and_made_again_is_watched_again(
     processor.wait_for_event("watch_dir_lost", timeout=10)
     processor.watch_dir.mkdir()
     processor.wait_for_event("watch_dir_watched_again", timeout=10)
-    time.sleep(0.5)  # past the rescan: only the new watch can report it
-    shutil.copy(finished_video, processor.watch_dir / "again.mp4")
+    # the rescan follows that line in the same loop turn: once a file made after the
+    # line is detected (by the rescan or the watch), the rescan is over
+    (processor.watch_dir / "first.mp4").write_bytes(b"first")
+    processor.wait_for_event("stream_detected", lambda e: e["rel_path"] == "first.mp4")
+    shutil.copy(finished_video, processor.watch_dir / "again.mp4")  # only the watch sees it
     doc = wait_for_metadata(client, bucket, "again.mp4", processor=processor)
     check_stream(client, bucket, doc, finished_video.read_bytes())
+    check_stream(client, bucket, wait_for_metadata(client, bucket, "first.mp4"), b"first")

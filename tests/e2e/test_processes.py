@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import check_stream, wait_for_metadata, wait_until
+from tests.support.bucket import check_stream, wait_for_metadata
+from tests.support.runner import wait_until
 from tests.support.videos import make_video
 
 pytestmark = pytest.mark.timeout(120)

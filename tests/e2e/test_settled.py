@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import check_stream, wait_for_metadata
+from tests.support.bucket import check_stream, wait_for_metadata
 from tests.support.videos import make_video
 
 pytestmark = pytest.mark.timeout(240)

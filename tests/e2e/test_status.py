@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import processor_command, wait_for_metadata
+from tests.support.bucket import wait_for_metadata
+from tests.support.runner import processor_command, wait_until
 from tests.support.s3server import free_port
 from tests.support.videos import start_live_writer
 
@@ -28,13 +28,15 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 def poll_status(url: str, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
     """The first /streams document (via `processor status --json`) satisfying ``predicate``;
     workers report once a second, so the view trails the logs by up to that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        data = json.loads(run(["status", "--json", "--url", url]).stdout)
-        if predicate(data):
-            return data
-        assert time.monotonic() < deadline, data
-        time.sleep(0.3)
+    seen: list[dict[str, Any]] = []
+
+    def matching() -> dict[str, Any] | None:
+        seen[:] = [json.loads(run(["status", "--json", "--url", url]).stdout)]
+        return seen[0] if predicate(seen[0]) else None
+
+    found: dict[str, Any] = wait_until(matching, timeout, "a matching /streams document",
+                                       lambda: str(seen), every=0.3)
+    return found
 
 
 def test_status_shows_progress_completions_and_workers(make_processor: Any, client: Any,

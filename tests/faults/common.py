@@ -14,16 +14,16 @@ from __future__ import annotations
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import Processor, check_stream, list_keys, wait_for_metadata
-from tests.support.proxy import RecordingProxy, RequestRecord
+from tests.support.bucket import check_stream, list_keys, wait_for_metadata
+from tests.support.proxy import RecordingProxy
+from tests.support.puts import chunk_key, chunk_put_counts
+from tests.support.runner import Processor
 
 FULL = os.environ.get("FAULTS_FULL", "") not in ("", "0", "false", "no")
 
@@ -71,27 +71,7 @@ class Row:
                 f"{self.notes}")
 
 
-# -- chunk PUT accounting -----------------------------------------------------------
-def chunk_key(record: RequestRecord, bucket: str) -> tuple[str, int] | None:
-    """(stream_id, index) of a chunk PUT record, else None."""
-    if record.method != "PUT" or record.query or not record.path.startswith(f"/{bucket}/"):
-        return None
-    parts = record.path.split("/")
-    if len(parts) < 4 or parts[-2] != "chunks" or not parts[-1].isdigit():
-        return None
-    return parts[-3], int(parts[-1])
-
-
-def chunk_put_counts(proxy: RecordingProxy, bucket: str,
-                     complete_only: bool = False) -> Counter[tuple[str, int]]:
-    counts: Counter[tuple[str, int]] = Counter()
-    for record in proxy.requests():
-        key = chunk_key(record, bucket)
-        if key is not None and (record.complete or not complete_only):
-            counts[key] += 1
-    return counts
-
-
+# -- what the log says about chunks ------------------------------------------------
 def logged(events: Iterable[dict[str, Any]], name: str) -> Counter[tuple[str, int]]:
     """(stream_id, index) -> how many ``name`` events (chunk_uploaded, chunk_changed_on_disk)."""
     return Counter((e["stream_id"], int(e["index"])) for e in events
@@ -193,45 +173,6 @@ def end_check(row: Row, processor: Processor, client: Any, bucket: str, proxy: R
 
 
 # -- small bounded helpers ----------------------------------------------------------
-def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:  # not listening yet, or gone
-        return 0, str(exc)
-
-
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def worker_pids(processor: Processor) -> dict[int, int]:
-    pids: dict[int, int] = {}
-    for event in processor.events():
-        if event.get("event") in ("worker_spawned", "worker_restarted"):
-            pids[event["slot"]] = event["pid"]
-    return pids
-
-
 def stop_writers(writers: Iterable[Any]) -> None:
     for w in writers:
         if w.poll() is None:

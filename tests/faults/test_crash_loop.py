@@ -18,6 +18,7 @@ from tests.faults.common import (
     stop_writers,
 )
 from tests.support.proxy import Faults, RequestHead
+from tests.support.runner import wait_until
 from tests.support.videos import start_live_writer
 
 pytestmark = pytest.mark.timeout(pick(200, 900))
@@ -98,10 +99,9 @@ def test_kill9_during_assembly(make_processor: Any, client: Any, bucket: str, pr
     for k in range(kills):
         seen = proxy.fault_counts().get("latency", 0)
         # a part copy of this run is being held: the multipart upload exists in S3
-        deadline = time.monotonic() + 90
-        while proxy.fault_counts().get("latency", 0) <= seen + rng.randrange(1, 3):
-            assert time.monotonic() < deadline, processor.tail()
-            time.sleep(0.05)
+        held = seen + rng.randrange(1, 3)
+        wait_until(lambda h=held: proxy.fault_counts().get("latency", 0) > h, 90,
+                   "a part copy held by the proxy", processor.tail, every=0.05)
         ledger.kill(processor.kill9, processor.events)
         open_uploads.append(len(client.list_multipart_uploads(Bucket=bucket)
                                 .get("Uploads", [])))

@@ -9,18 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import wait_until
-from tests.faults.common import (
-    Row,
-    end_check,
-    finish_writers,
-    http_get,
-    metric,
-    pick,
-    seeded,
-    stop_writers,
-)
+from tests.faults.common import Row, end_check, finish_writers, pick, seeded, stop_writers
+from tests.support.http import http_get
+from tests.support.metrics import metric
 from tests.support.proxy import Faults
+from tests.support.runner import wait_until
 from tests.support.s3server import free_port
 from tests.support.videos import make_video, start_live_writer
 from worker.backoff import TRANSIENT_BASE, TRANSIENT_CAP

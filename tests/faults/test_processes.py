@@ -13,20 +13,18 @@ from typing import Any
 import pytest
 
 from shared.routing import worker_for
-from tests.e2e.harness import wait_until
 from tests.faults.common import (
     KillLedger,
     Row,
-    alive,
     end_check,
     finish_writers,
-    http_get,
-    metric,
     pick,
     seeded,
     stop_writers,
-    worker_pids,
 )
+from tests.support.http import http_get
+from tests.support.metrics import metric
+from tests.support.runner import alive, wait_until, worker_pids
 from tests.support.s3server import free_port
 from tests.support.videos import start_live_writer
 

@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
+from shared.state.layout import StateDir
 from shared.state.wal import read_records
-from tests.e2e.harness import wait_until
 from tests.faults.common import KillLedger, Row, end_check, pick, seeded
+from tests.support.markers import flush_worker
+from tests.support.puts import writes
+from tests.support.runner import wait_until
 from tests.support.videos import make_video
 
 pytestmark = pytest.mark.timeout(pick(200, 400))
@@ -54,7 +57,7 @@ def test_damaged_wal(damage: str, make_processor: Any, client: Any, bucket: str,
     ledger = KillLedger(proxy, bucket)
     processor.wait_for_event("chunk_uploaded", count=rng.randint(2, 5), timeout=90)
     ledger.kill(processor.kill9, processor.events)
-    wal = processor.state_dir / "worker-0" / "intents.wal"
+    wal = StateDir(processor.state_dir).worker(0).wal
     data = wal.read_bytes()
     spans = record_spans(data)
     if damage == "torn":
@@ -172,14 +175,18 @@ def test_state_disk_full(small_state_disk: Path, make_processor: Any, client: An
     reliability.seconds = time.monotonic() - started
     reliability.notes.update(failed_attempts=failed_attempts)
     print(reliability.line())
-    # the checkpoint is sound: a clean restart resumes nothing and uploads nothing again
+    # the checkpoint is sound: a clean restart resumes nothing and uploads nothing again,
+    # once the worker has handled the start-up scan's events for both files (a marker
+    # file, written after the scan, has completed: tests/support/markers.py)
     processor.stop()
-    seen = len(proxy.requests())
+    proxy.clear()
     processor.start()
-    processor.wait_for_event("worker_started", timeout=60)
-    time.sleep(processor.stream_timeout + 3.0)
+    processor.wait_for_event("supervisor_started", timeout=60)
+    marker = flush_worker(processor, "cam0.mp4")
     resumed = [e for e in processor.events() if e.get("event") == "worker_started"]
-    puts_again = [r.path for r in proxy.requests()[seen:] if r.method == "PUT"]
+    puts_again = [r.path for r in writes(proxy, bucket, except_prefixes=[marker.object_prefix])]
+    assert not [e for e in processor.events() if e.get("event") == "stream_detected"
+                and e["rel_path"] in ("cam0.mp4", "cam1.mp4")], "a finished file came back"
     reliability.notes.update(resumed_after_restart=resumed[0]["resumed_streams"],
                              puts_after_clean_restart=len(puts_again))
     print(reliability.line())

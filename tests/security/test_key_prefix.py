@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.badinput.support import BUCKET_PREFIX, PREFIX, Service, service
-from tests.e2e.harness import check_stream, list_keys, metadata_documents, wait_until
+from tests.support.bucket import check_stream, list_keys, metadata_documents
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(180)

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.support import Service, service, snapshot
-from tests.e2e.harness import check_stream, metadata_documents, wait_until
+from tests.support.bucket import check_stream, metadata_documents
+from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 from tests.support.videos import make_not_mp4, make_video
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.badinput.support import BUCKET_PREFIX, service
-from tests.e2e.harness import list_keys, processor_command, read_object, wait_for_metadata
+from tests.support.bucket import list_keys, read_object, wait_for_metadata
+from tests.support.http import http_get
+from tests.support.runner import processor_command
 from tests.support.s3server import S3Endpoint, free_port
 from tests.support.videos import make_not_mp4
 
@@ -76,11 +76,8 @@ def test_unreachable_endpoint_logs_and_metrics_hold_no_secret(tmp_path: Path,
         make_not_mp4(svc.watch_dir / "stuck.mp4", 1000)
         svc.processor.start()
         svc.processor.wait_for_event("bucket_unavailable", timeout=60)
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics_port}/readyz", timeout=10)
-            body = ""
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode()
+        status, body = http_get(f"http://127.0.0.1:{svc.metrics_port}/readyz")
+        assert status == 503, (status, body)  # unready, and the body says why
         (svc.processor.workdir / "readyz.txt").write_text(body)
         text = svc.metrics_text()
         assert "processor_" in text
