@@ -9,7 +9,7 @@ import pytest
 
 import shared.state.wal as wal_module
 from shared.state.layout import WorkerStateDir
-from shared.state.wal import MAX_RECORD, Intent, WriteAheadLog, read_records
+from shared.state.wal import MAX_RECORD, Intent, WriteAheadLog, read_pending, read_records
 
 
 def _slot(tmp_path: Path, name: str) -> WorkerStateDir:
@@ -279,3 +279,63 @@ def test_only_durable_intents_are_fsynced_and_both_survive_a_killed_writer(
     assert len(synced) == 1
     # no close(): what a killed process leaves behind
     assert _wal(path).pending() == [chunk, upload, late]
+
+
+def test_recovered_intents_are_those_found_at_open_until_settled(tmp_path: Path) -> None:
+    """What a crash left is handed out per stream until its done mark; what this run
+    logs is never 'recovered'."""
+    path = _slot(tmp_path, "intents").wal
+    wal = _wal(path)
+    a = wal.intend("put_chunk", stream_id="a", rel_path="a.mp4", index=0)
+    b = wal.intend("assemble", stream_id="b", rel_path="b.mp4", index=-1)
+    wal.close()
+    wal = _wal(path)
+    assert wal.recovered() == [a, b] and wal.recovered("b") == [b]
+    fresh = wal.begin("put_chunk", stream_id="a", index=1, rel_path="a.mp4")
+    assert fresh not in wal.recovered() and fresh in wal.pending()
+    wal.done(a)
+    assert wal.recovered() == [b] and wal.recovered("a") == []
+    wal.close()
+
+
+def test_a_retry_supersedes_the_failed_attempts_intent(tmp_path: Path) -> None:
+    """begin() of the same effect (stream, op, chunk) marks the earlier intent done, so a
+    stream that keeps failing leaves one intent pending, also after a reopen."""
+    path = _slot(tmp_path, "intents").wal
+    wal = _wal(path)
+    first = wal.begin("put_chunk", stream_id="s", index=3, key="k")
+    other = wal.begin("put_chunk", stream_id="s", index=4, key="k4")
+    retry = wal.begin("put_chunk", stream_id="s", index=3, key="k")
+    assert wal.pending() == [other, retry] and first not in wal.pending()
+    wal.done(retry)
+    again = wal.begin("put_chunk", stream_id="s", index=3, key="k")
+    assert wal.pending() == [other, again]
+    wal.close()
+    assert _wal(path).pending() == [other, again]
+
+
+def test_recovered_intents_are_not_superseded_by_a_new_attempt(tmp_path: Path) -> None:
+    """An intent from before the crash is settled by reconciliation, never silently
+    closed by this run's first attempt of the same effect."""
+    path = _slot(tmp_path, "intents").wal
+    wal = _wal(path)
+    old = wal.begin("put_chunk", stream_id="s", index=0, key="k")
+    wal.close()
+    wal = _wal(path)
+    new = wal.begin("put_chunk", stream_id="s", index=0, key="k")
+    assert wal.pending() == [old, new] and wal.recovered() == [old]
+    wal.close()
+
+
+def test_read_pending_is_the_same_fold_and_changes_nothing(tmp_path: Path) -> None:
+    """processor inspect's view: the pending intents and the torn tail, file untouched."""
+    path = _slot(tmp_path, "intents").wal
+    wal = _wal(path)
+    a = wal.intend("put_chunk", stream_id="a", index=0)
+    wal.done(wal.intend("assemble", stream_id="b"))
+    wal.close()
+    with open(path, "ab") as f:
+        f.write(b"\x05\x00")  # a torn header
+    before = path.read_bytes()
+    pending, torn = read_pending(path)
+    assert pending == [a] and torn == 2 and path.read_bytes() == before
