@@ -20,11 +20,10 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from shared import metrics
+from shared import metrics, routing
 from shared.logs import get_logger
 from shared.messages import EXIT_STATE_UNAVAILABLE, EXIT_STATE_WRITE_FAILED, Stop, Touch
 from shared.paths import relative_stream_path, scan_streams
-from shared.routing import worker_for
 from shared.settings import Settings
 from shared.state.errors import StateWriteError
 from supervisor.events import DirectoryChanged, Inbox, PathChanged, SignalReceived
@@ -181,7 +180,7 @@ class Supervisor:
                 self._touch(rel, seen_at)
 
     def _touch(self, rel_path: str, seen_at: float = 0.0) -> None:
-        slot = self.slots[worker_for(rel_path, len(self.slots))]
+        slot = self.slots[routing.worker_for(rel_path, len(self.slots))]
         if slot.send(Touch(rel_path, seen_at or time.time())):
             metrics.EVENTS_DISPATCHED.inc()
 
@@ -294,7 +293,7 @@ class Supervisor:
         while it was down are lost, the directory is not."""
         for rel in scan_streams(self.settings.watch_dir, self.settings.extensions,
                                 self.settings.recursive):
-            if worker_for(rel, len(self.slots)) == index:
+            if routing.worker_for(rel, len(self.slots)) == index:
                 self._touch(rel)
 
     # health

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import metrics
-from shared.routing import worker_for
+from shared import metrics, routing
 from shared.settings import Settings
 from shared.state.layout import StateDir
 from shared.state.store import CheckpointStore
@@ -46,7 +45,7 @@ def rebalance(settings: Settings, log: Any) -> int:
             store, wal = open_slot(source)
             paths = store.rel_paths() | {i.rel_path for i in wal.pending() if i.rel_path}
             for rel_path in sorted(paths):
-                target = worker_for(rel_path, settings.workers)
+                target = routing.worker_for(rel_path, settings.workers)
                 if target == source:
                     continue
                 dest_store, dest_wal = open_slot(target)
