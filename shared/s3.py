@@ -49,8 +49,9 @@ class Cause(enum.Enum):
     UPLOAD_LOST = "upload_lost"        # the multipart upload is gone: start a new one
 
 
-_CAUSES = {"NoSuchBucket": Cause.BUCKET_MISSING,
-           "NoSuchUpload": Cause.UPLOAD_LOST, "InvalidPart": Cause.UPLOAD_LOST}
+# by code prefix: "InvalidPartOrder" means the recorded parts no longer hold too
+_CAUSES = (("NoSuchBucket", Cause.BUCKET_MISSING), ("NoSuchUpload", Cause.UPLOAD_LOST),
+           ("InvalidPart", Cause.UPLOAD_LOST))
 
 
 class StorageError(Exception):
@@ -90,7 +91,10 @@ def classify(exc: BaseException) -> ErrorKind:
 def cause_of(exc: BaseException) -> Cause:
     """The ``Cause`` of a botocore exception (``OTHER`` for all but a few codes)."""
     if isinstance(exc, ClientError):
-        return _CAUSES.get(error_code(exc), Cause.OTHER)
+        code = error_code(exc)
+        for prefix, cause in _CAUSES:
+            if code.startswith(prefix):
+                return cause
     return Cause.OTHER
 
 

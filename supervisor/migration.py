@@ -50,7 +50,7 @@ def rebalance(settings: Settings, log: Any) -> int:
                     continue
                 dest_store, dest_wal = open_slot(target)
                 intents = [i for i in wal.pending() if i.rel_path == rel_path]
-                dest_wal.adopt(intents, origin=dirs[source].name)
+                dest_wal.adopt(intents, origin=state_dir.worker(source).name)
                 items = store.export_path(rel_path)
                 dest_store.import_items(items)
                 store.delete_items([key for key, _ in items])

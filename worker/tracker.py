@@ -55,6 +55,7 @@ class StreamTracker:
         self.log = log
         self.clock = clock
         self.streams: dict[str, Stream] = {}
+        self.resumed: set[str] = set()  # unfinished at start: they settle their own intents
         self.current: dict[str, str] = {}          # rel_path -> stream id held in memory
         self.touched: set[str] = set()
         self.completions: deque[Completion] = deque(maxlen=20)
@@ -65,10 +66,12 @@ class StreamTracker:
     # set-up
     def load(self) -> None:
         """Resume every unfinished stream and forget finished lineages that nothing will
-        look at again. Intents the log recovered are reconciled by ``step``."""
+        look at again. Intents the log recovered are reconciled by ``step``: a resumed
+        stream's by its next attempt, every other one on its own first."""
         for record in list(self.store.streams()):
             if record.status is StreamStatus.ACTIVE:
                 self._add(record)
+                self.resumed.add(record.stream_id)
             elif self._finished_with(record):
                 self._forget(record)
 
@@ -117,8 +120,7 @@ class StreamTracker:
         if not self.bucket.ensure():
             return False
         for intent in self.wal.recovered():
-            owner = self.streams.get(intent.stream_id)
-            if owner is not None and owner.state.unfinished:
+            if intent.stream_id in self.resumed:
                 continue  # settled by its stream's next attempt
             try:
                 self.uploader.reconcile(None, intent)
@@ -190,8 +192,9 @@ class StreamTracker:
         self._observe(stream)
         if stream.stream_id not in self.streams or not stream.state.unfinished:
             return False
-        for intent in self.wal.recovered(stream.stream_id):
-            self.uploader.reconcile(stream, intent)
+        if stream.stream_id in self.resumed:
+            for intent in self.wal.recovered(stream.stream_id):
+                self.uploader.reconcile(stream, intent)
         if stream.state is StreamState.ENDING:
             self.finalizer.finalize(stream)
             return True

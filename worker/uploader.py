@@ -75,7 +75,7 @@ class Uploader:
         """Settle an intent found pending after a crash with what S3 holds. ``stream`` is
         the intent's unfinished stream, or None when it has none any more."""
         if intent.op == "put_chunk" and stream is not None:
-            index, size = intent.index, int(intent.fields["size"])
+            index, size = int(intent.fields["index"]), int(intent.fields["size"])
             digest = str(intent.fields["xxh3_128"])
             landed = self.storage.chunk_hash(str(intent.fields["key"])) == (size, digest)
             chunks = stream.chunks

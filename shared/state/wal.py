@@ -158,8 +158,9 @@ class WriteAheadLog:
         stream, or all), oldest first: what a crash may have left done but unrecorded."""
         if not self._recovered:  # the usual case, asked once per stream and step
             return []
-        return [i for i in self.pending() if i.seq in self._recovered
-                and (stream_id is None or i.stream_id == stream_id)]
+        found = [self._pending[seq] for seq in self._recovered]
+        return sorted((i for i in found if stream_id is None or i.stream_id == stream_id),
+                      key=lambda i: i.seq)
 
     def begin(self, op: str, *, stream_id: str, index: int, durable: bool = True,
               **fields: Any) -> Intent:
