@@ -202,6 +202,22 @@ class Stream:
         self.chunks = list(keep)
         self.settled.clear()  # the file moved on: every chunk is read again at completion
 
+    def has_stale_tail(self) -> bool:
+        """Whether the last chunk is a short tail that the file has grown past: left by a
+        completion that found the file moved on (or was cut short) after uploading it.
+        Chunks after it would leave a gap, or a part under S3's minimum size."""
+        chunks = self.chunks
+        return (bool(chunks) and chunks[-1].size < self.record.chunk_size
+                and self.record.size > self.committed_bytes)
+
+    def drop_tail(self) -> None:
+        """Forget the last chunk, to be replaced by a fuller one at its key (as ``reopen``
+        replaces a short last chunk)."""
+        index = len(self.chunks) - 1
+        self._store.drop_chunks_from(self.record, index)
+        self.chunks.pop()
+        self.settled.pop(index, None)
+
     def _save(self, record: StreamRecord) -> None:
         self._store.save_stream(record)
         self.record = record

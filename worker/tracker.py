@@ -198,6 +198,10 @@ class StreamTracker:
         if stream.state is StreamState.ENDING:
             self.finalizer.finalize(stream)
             return True
+        if stream.has_stale_tail():
+            self.log.info("short_chunk_replaced", stream_id=stream.stream_id,
+                          index=len(stream.chunks) - 1, size=stream.chunks[-1].size)
+            stream.drop_tail()
         if stream.pending_bytes >= stream.record.chunk_size // 2:
             # half a chunk on disk: allocate the buffer now, not after the chunk's last byte
             self.source.reserve_chunk_buffer(stream.record.chunk_size)
