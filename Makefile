@@ -24,13 +24,17 @@ test-unit: $(VENV)/.installed
 # world-writable because tests/badinput runs the processor as `nobody`. Prints the
 # modules not fully covered and the total line and branch figures; the HTML report
 # is in build/coverage/html. `make test` does not measure.
+# Deselected: test_sigterm_during_startup signals the processor 0.1 s after its
+# interpreter is up, and coverage's own start-up (~0.12 s, before the first line
+# of the program) puts the processor's SIGTERM handler past that window.
+COVERAGE_DESELECT := --deselect tests/faults/test_processes.py::test_sigterm_during_startup
 COVERAGE_DIR := build/coverage
 coverage: export COVERAGE_TOTALS := import json; t = json.load(open('$(COVERAGE_DIR)/coverage.json'))['totals']; \
   print('total lines    %d/%d = %.1f%%' % (t['covered_lines'], t['num_statements'], t['percent_statements_covered'])); \
   print('total branches %d/%d = %.1f%%' % (t['covered_branches'], t['num_branches'], t['percent_branches_covered']))
 coverage: $(VENV)/.installed system-deps
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR) && chmod 1777 $(COVERAGE_DIR)
-	$(PY) -m coverage run -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m coverage run -m pytest $(COVERAGE_DESELECT) $(PYTEST_ARGS); rc=$$?; \
 	  $(PY) -m coverage combine --quiet && rm -f $(COVERAGE_DIR)/.coverage.* && \
 	  $(PY) -m coverage report --skip-covered --sort=cover && \
 	  $(PY) -m coverage html --quiet && \
