@@ -14,12 +14,18 @@ from tests.support.s3server import S3Endpoint, s3_endpoint, unique_bucket_name
 # `make test-unit` (`pytest -m unit`): the in-process tests, which start no
 # `processor`, marked here by where they live rather than one by one, so a new test
 # in these places is a unit test without anyone remembering to say so. A test there
-# that is too slow for the under-a-minute budget opts out with `@pytest.mark.slow`
-# (or, for a file, a line in _NOT_UNIT).
+# that is too slow for the under-a-minute budget opts out with `@pytest.mark.slow`,
+# or with a line in _NOT_UNIT (a file, or file::test) where its file cannot be edited.
 _TESTS = Path(__file__).resolve().parent
 _UNIT_DIRS = ("shared", "worker", "supervisor")
 _UNIT_FILES = ("support/test_proxy.py", "support/test_s3server.py")
-_NOT_UNIT: tuple[str, ...] = ()
+_NOT_UNIT = (  # each waits out real timeouts or backoffs: 2-4.5 s
+    "supervisor/test_arbiter.py::test_a_worker_without_heartbeats_is_terminated_killed_and_replaced",
+    "supervisor/test_arbiter.py::test_state_write_failures_are_retried_with_backoff_not_given_up",
+    "supervisor/test_arbiter.py::test_a_worker_that_dies_is_restarted_in_its_slot_and_told_its_files",
+    "supervisor/test_arbiter.py::test_state_unavailable_again_and_again_gives_up",
+    "worker/test_prober.py::test_hanging_helper_times_out_and_is_killed",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -30,7 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if not (where.split("/", 1)[0] in _UNIT_DIRS or where in _UNIT_FILES):
             continue
-        if where in _NOT_UNIT or item.get_closest_marker("slow") is not None:
+        test = f"{where}::{getattr(item, 'originalname', item.name)}"
+        if where in _NOT_UNIT or test in _NOT_UNIT or item.get_closest_marker("slow"):
             continue
         item.add_marker(pytest.mark.unit)
 
