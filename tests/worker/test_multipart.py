@@ -23,13 +23,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from shared.keys import StreamKeys
-from shared.s3 import StorageError, make_client
-from shared.settings import Settings
+from shared.s3 import StorageError
 from shared.state.layout import WorkerStateDir
 from shared.state.records import StreamRecord
 from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog, read_pending
-from tests.support.s3server import S3Endpoint, unique_bucket_name
+from tests.support.s3server import unique_bucket_name
 from worker.liveness import NEVER_STOPS
 from worker.multipart import FinalUpload
 from worker.settled import SettledFiles
@@ -41,20 +40,6 @@ from worker.uploader import Uploader
 CHUNK = 5 << 20  # S3's smallest part but the last
 TAIL = 1000
 PREFIX = "streams"
-
-
-@pytest.fixture(scope="module")
-def worker_client(s3: S3Endpoint) -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3.env().items():
-            patch.setenv(name, value)
-        yield make_client(Settings(watch_dir=Path("."), s3_endpoint=s3.url,
-                                   s3_region=s3.region))
-
-
-@pytest.fixture(scope="module")
-def plain(s3: S3Endpoint) -> Any:
-    return s3.client()
 
 
 class Parts:

@@ -26,14 +26,13 @@ import xxhash
 from structlog.testing import capture_logs
 
 from shared.keys import StreamKeys
-from shared.s3 import Cause, StorageError, make_client
-from shared.settings import Settings
+from shared.s3 import Cause, StorageError
 from shared.state.errors import StateWriteError
 from shared.state.layout import WorkerStateDir
 from shared.state.records import ChunkRecord, StreamRecord
 from shared.state.store import CheckpointStore
 from shared.state.wal import Intent, WriteAheadLog, read_pending
-from tests.support.s3server import S3Endpoint, unique_bucket_name
+from tests.support.s3server import unique_bucket_name
 from worker.planning import ChunkSpan
 from worker.settled import SettledFiles
 from worker.source import SourceFiles
@@ -43,21 +42,6 @@ from worker.uploader import Uploader
 
 CHUNK = 4096  # chunk objects have no size floor; only parts do
 PREFIX = "streams"
-
-
-@pytest.fixture(scope="module")
-def worker_client(s3: S3Endpoint) -> Iterator[Any]:
-    """The worker's own client (retries off), credentials from the environment."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3.env().items():
-            patch.setenv(name, value)
-        yield make_client(Settings(watch_dir=Path("."), s3_endpoint=s3.url,
-                                   s3_region=s3.region))
-
-
-@pytest.fixture(scope="module")
-def plain(s3: S3Endpoint) -> Any:
-    return s3.client()
 
 
 @contextmanager
