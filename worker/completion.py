@@ -73,7 +73,7 @@ class Finalizer:
                 self.live.pulse()
             clock.lap("tail")
             verified = self._verify(stream)
-            self.source.check_unchanged(stream.record)
+            verified_ctime_ns = self.source.check_unchanged(stream.record).st_ctime_ns
             clock.lap("verify")
             media = self._probe(stream)
             clock.lap("probe")
@@ -84,6 +84,7 @@ class Finalizer:
                               error=f"{end_reason.replace('_', ' ')} before completion")
             status = end_reason
             verified = {}
+            verified_ctime_ns = 0
         object_key: str | None = stream.keys.final_object
         copied_late = 0
         if not self.upload.fits(stream):
@@ -99,7 +100,7 @@ class Finalizer:
                                   status=status, completed_at=completed_at,
                                   object_key=object_key)
         self.storage.put_json(stream.keys.metadata, document)
-        stream.complete(completed_at)
+        stream.complete(completed_at, verified_ctime_ns)
         clock.lap("metadata")
         if not self.keep_chunks and object_key is not None:  # else they are the data
             self.storage.delete_keys([stream.keys.chunk(c.index) for c in stream.chunks])

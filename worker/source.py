@@ -97,8 +97,8 @@ class SourceFiles:
             raise SourceChanged("file shrank")
         return data, st
 
-    def check_unchanged(self, record: StreamRecord) -> None:
-        """The file is still the inode, size and mtime the record last saw."""
+    def check_unchanged(self, record: StreamRecord) -> os.stat_result:
+        """The file is still the inode, size and mtime the record last saw: its lstat."""
         try:
             st = lstat_beneath(self.watch_dir, record.rel_path)
         except FileNotFoundError as exc:
@@ -106,6 +106,7 @@ class SourceFiles:
         if (st.st_ino, st.st_size, st.st_mtime_ns) != (record.ino, record.size,
                                                        record.mtime_ns):
             raise SourceChanged("file changed during finalization")
+        return st
 
     def hash_range(self, fd: int, offset: int, size: int) -> str:
         """xxh3-128 of the bytes at ``offset`` of the open file ``fd``, read 1 MiB at a

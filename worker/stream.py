@@ -80,6 +80,15 @@ class Stream:
         return cls(store, record, [], keys)
 
     @staticmethod
+    def source_removed(store: CheckpointStore, record: StreamRecord, reason: str,
+                       at: float) -> StreamRecord:
+        """COMPLETE, its file removed by local retention: the path's next file is a new
+        stream, whatever inode it gets."""
+        removed = record.evolve(source_removed=reason, source_removed_at=at)
+        store.save_stream(removed)
+        return removed
+
+    @staticmethod
     def forget(store: CheckpointStore, stream_id: str) -> None:
         """Drop a finished lineage's checkpoint (its objects in S3 stay)."""
         store.forget_stream(stream_id)
@@ -184,10 +193,12 @@ class Stream:
         """RECORDING -> ENDING: the file was deleted or replaced while recording."""
         self._save(self.record.evolve(end_reason=end_reason))
 
-    def complete(self, completed_at: float) -> None:
-        """RECORDING -> COMPLETE, or ENDING -> ENDED: metadata.json is written."""
+    def complete(self, completed_at: float, verified_ctime_ns: int = 0) -> None:
+        """RECORDING -> COMPLETE, or ENDING -> ENDED: metadata.json is written.
+        ``verified_ctime_ns`` is the file's ctime when completion verified it (with the
+        record's inode, size and mtime: the state local retention requires unchanged)."""
         self._save(self.record.evolve(status=StreamStatus.COMPLETE, completed_at=completed_at,
-                                      upload_id=None))
+                                      upload_id=None, verified_ctime_ns=verified_ctime_ns))
 
     def reopen(self, keep_chunks: bool) -> None:
         """COMPLETE -> RECORDING: the file grew after completion. A short last chunk is

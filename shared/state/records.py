@@ -68,7 +68,9 @@ class StreamRecord:
     """One lineage of one file. ``end_reason`` is set when the source went away
     (``source_deleted``) or was replaced/truncated (``source_replaced``): the stream
     is then finalized from what was uploaded. ``upload_id`` is the multipart upload
-    of the final object that chunks are being copied into, until it is completed."""
+    of the final object that chunks are being copied into, until it is completed.
+    ``source_removed`` is set once local retention removed the file: whatever is at
+    the path afterwards is a new stream."""
 
     stream_id: str
     rel_path: str
@@ -85,6 +87,11 @@ class StreamRecord:
     chunks_reuploaded: int = 0
     upload_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # local retention (contract §7): the file's ctime when completion verified it (0:
+    # completed by a release before retention, never removed), and its removal
+    verified_ctime_ns: int = 0
+    source_removed: str | None = None      # the reason: delete_after | min_free
+    source_removed_at: float | None = None
 
     @property
     def last_write_at(self) -> float:
