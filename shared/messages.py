@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Touch", "Stop", "Heartbeat", "StreamProgress", "Completion",
+__all__ = ["Touch", "Stop", "Remove", "Removable", "Heartbeat", "StreamProgress", "Completion",
            "WorkerMessage", "SupervisorMessage", "EXIT_OK", "EXIT_STATE_UNAVAILABLE",
            "EXIT_STATE_WRITE_FAILED", "MAX_REPORTED_STREAMS"]
 
@@ -30,6 +30,25 @@ class Touch:
 @dataclass(frozen=True)
 class Stop:
     """Drain: finish or abandon the request in flight, checkpoint, exit 0."""
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove this stream's source file if it is safe now (``--min-free``: the supervisor
+    chose it, oldest completion first across all workers)."""
+
+    stream_id: str
+    reason: str = "min_free"
+
+
+@dataclass(frozen=True)
+class Removable:
+    """A completed stream whose file local retention may remove (all checks are made
+    again at removal)."""
+
+    stream_id: str
+    completed_at: float         # wall clock
+    size: int
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,8 @@ class Heartbeat:
     active_streams: int
     streams: tuple[StreamProgress, ...] = field(default=())
     completions: tuple[Completion, ...] = field(default=())
+    removable: tuple[Removable, ...] = field(default=())  # oldest completion first
 
 
-SupervisorMessage = Touch | Stop
+SupervisorMessage = Touch | Stop | Remove
 WorkerMessage = Heartbeat

@@ -16,7 +16,8 @@ __all__ = [
     "WORKER_RESTARTS", "EVENTS_DISPATCHED", "WAL_TRUNCATED_BYTES", "S3_REQUESTS", "LAG_BYTES",
     "OLDEST_STREAM_AGE", "S3_READY", "WORKERS_ALIVE", "WORKERS_CONFIGURED",
     "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS", "SOURCE_ERRORS", "FILES_REFUSED",
-    "MEDIA_ERRORS",
+    "MEDIA_ERRORS", "SOURCE_FILES_REMOVED", "SOURCE_BYTES_REMOVED", "RETENTION_BLOCKED",
+    "WATCH_DIR_FREE_BYTES", "WATCH_DIR_SIZE_BYTES", "MIN_FREE_BYTES",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -82,11 +83,32 @@ MEDIA_ERRORS = Counter(
     "(uploaded all the same, with media_error in metadata.json).")
 WAL_TRUNCATED_BYTES = Counter(
     "processor_wal_truncated_bytes", "Bytes cut from torn or corrupt write-ahead-log tails.")
+SOURCE_FILES_REMOVED = Counter(
+    "processor_source_files_removed", "Source files removed by local retention, by reason "
+    "(delete_after, min_free).", ["reason"])
+SOURCE_BYTES_REMOVED = Counter(
+    "processor_source_bytes_removed", "Bytes of source files removed by local retention.",
+    ["reason"])
+RETENTION_BLOCKED = Counter(
+    "processor_retention_blocked", "Removals refused or put off (a writer holds the file, "
+    "no lease, not provably in S3, changed since completion, nothing safe to free).")
+WATCH_DIR_FREE_BYTES = Gauge(
+    "processor_watch_dir_free_bytes", "Free bytes (for unprivileged users) of the watch "
+    "dir's filesystem.", multiprocess_mode="livemax")
+WATCH_DIR_SIZE_BYTES = Gauge(
+    "processor_watch_dir_size_bytes", "Size of the watch dir's filesystem.",
+    multiprocess_mode="livemax")
+MIN_FREE_BYTES = Gauge(
+    "processor_min_free_bytes", "The --min-free threshold in bytes (0 when off).",
+    multiprocess_mode="livemax")
 
 # A labelled series appears only once it has a child: create the statuses up front so
 # dashboards and alerts see zeros rather than nothing.
 for _status in ("complete", "source_deleted", "source_replaced"):
     STREAMS_COMPLETED.labels(status=_status)
+for _reason in ("delete_after", "min_free"):
+    SOURCE_FILES_REMOVED.labels(reason=_reason)
+    SOURCE_BYTES_REMOVED.labels(reason=_reason)
 
 
 def record_s3_failure(operation: str, kind: str) -> None:

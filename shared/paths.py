@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["relative_stream_path", "scan_streams", "open_beneath", "lstat_beneath"]
+__all__ = ["relative_stream_path", "scan_streams", "open_beneath", "lstat_beneath",
+           "parent_beneath"]
 
 # O_PATH: walking a directory neither reads it nor fires inotify open/close events.
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -98,3 +99,16 @@ def lstat_beneath(watch_dir: Path, rel_path: str) -> os.stat_result:
             return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(parent)
+
+
+@contextmanager
+def parent_beneath(watch_dir: Path, rel_path: str) -> Iterator[tuple[int, str]]:
+    """The directory holding ``rel_path`` (an ``O_PATH`` descriptor reached through no
+    symlink) and the file's name in it, for ``*at`` calls on exactly that entry."""
+    parts = rel_path.split("/")
+    with _symlinks_read_as_absent(rel_path):
+        parent = _parent_fd(watch_dir, parts)
+    try:
+        yield parent, parts[-1]
+    finally:
+        os.close(parent)

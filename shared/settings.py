@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 __all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "S3_MAX_PARTS", "Settings", "parse_size",
-           "parse_extensions"]
+           "parse_extensions", "parse_duration", "MinFree", "parse_min_free"]
 
 MIN_CHUNK_SIZE = 5 * 1024 * 1024  # S3's minimum size of every part but the last
 MAX_CHUNK_SIZE = 5 * 1024 * 1024 * 1024  # S3's maximum part size
@@ -36,6 +36,52 @@ def parse_size(text: str) -> int:
     if value != value.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of bytes")
     return int(value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90``, ``90s``, ``15m``, ``2h`` or ``7d`` into seconds; raise ValueError."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 15m, 2h, 7d)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class MinFree:
+    """``--min-free``: bytes, or a percentage of the filesystem's size."""
+
+    bytes: int | None = None
+    percent: float | None = None
+
+    def required(self, total_bytes: int) -> int:
+        """The free bytes wanted on a filesystem of ``total_bytes``."""
+        if self.percent is not None:
+            return int(total_bytes * self.percent / 100)
+        return int(self.bytes or 0)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else f"{self.bytes} bytes"
+
+
+def parse_min_free(text: str) -> MinFree:
+    """Parse ``500MiB``, ``2GB`` or ``10%``; raise ValueError otherwise."""
+    stripped = text.strip()
+    if stripped.endswith("%"):
+        try:
+            percent = float(stripped[:-1])
+        except ValueError:
+            raise ValueError(f"{text!r} is not a percentage (e.g. 10%)") from None
+        if not 0 < percent < 100:
+            raise ValueError(f"{text!r}: a percentage must be above 0% and below 100%")
+        return MinFree(percent=percent)
+    size = parse_size(stripped)
+    if size <= 0:
+        raise ValueError(f"{text!r}: must be more than 0 bytes")
+    return MinFree(bytes=size)
 
 
 def parse_extensions(text: str) -> tuple[str, ...]:
@@ -75,3 +121,15 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     max_parts: int = S3_MAX_PARTS  # a stream with more chunks keeps them, unassembled
+    delete_after: float | None = None  # local retention (contract §7): off unless set
+    min_free: MinFree | None = None
+    delete_dry_run: bool = False
+
+    @property
+    def retention(self) -> bool:
+        """Whether source files may be removed (or, in a dry run, reported)."""
+        return self.delete_after is not None or self.min_free is not None
+
+    @property
+    def removes_files(self) -> bool:
+        return self.retention and not self.delete_dry_run

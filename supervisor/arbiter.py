@@ -27,6 +27,7 @@ from shared.paths import relative_stream_path, scan_streams
 from shared.settings import Settings
 from shared.state.errors import StateWriteError
 from supervisor.events import DirectoryChanged, Inbox, PathChanged, SignalReceived
+from supervisor.free_space import FreeSpaceKeeper
 from supervisor.http import BucketProbe, StatusServer
 from supervisor.migration import rebalance
 from supervisor.slots import WorkerSlot, WorkerTarget, resolve_target
@@ -70,6 +71,7 @@ class Supervisor:
         self.http: StatusServer | None = None
         self._selector: selectors.BaseSelector | None = None  # rebuilt when workers change
         self._housekept_at = 0.0
+        self.free_space = FreeSpaceKeeper(settings, self.log)
 
     # lifecycle
     def run(self) -> int:
@@ -230,6 +232,7 @@ class Supervisor:
                 self._start(slot, restart=True)
         if self.watcher is not None and self.state is State.RUNNING:
             self._dispatch(self.watcher.recover())
+            self.free_space.tick(self.slots)
         if self.state is State.DRAINING:
             if not any(slot.is_alive() for slot in self.slots):
                 self.state = State.STOPPED

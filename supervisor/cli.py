@@ -25,8 +25,11 @@ from shared.settings import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     S3_MAX_PARTS,
+    MinFree,
     Settings,
+    parse_duration,
     parse_extensions,
+    parse_min_free,
     parse_size,
 )
 
@@ -69,6 +72,30 @@ class _Extensions(click.ParamType):
             return value
         try:
             return parse_extensions(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _MinFree(click.ParamType):
+    name = "size|percent"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> MinFree:
+        if isinstance(value, MinFree):
+            return value
+        try:
+            return parse_min_free(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -187,6 +214,14 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--max-parts", type=click.IntRange(1, S3_MAX_PARTS), default=S3_MAX_PARTS,
               hidden=True, help="Parts one multipart upload may have (S3: 10,000); a "
                                 "recording with more chunks keeps them unassembled.")
+@click.option("--delete-after", type=_Duration(), default=None,
+              help="Remove a source file this long after it is safely in S3 (e.g. 0s, 15m, "
+                   "7d) [default: off]")
+@click.option("--min-free", type=_MinFree(), default=None,
+              help="Keep this much free on the watch dir's filesystem (e.g. 2GiB, 10%), "
+                   "removing the oldest safe files first [default: off]")
+@click.option("--delete-dry-run", is_flag=True, default=False,
+              help="Log what --delete-after/--min-free would remove; remove nothing.")
 def cli(**options: Any) -> Settings:
     """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
 
@@ -198,7 +233,14 @@ def cli(**options: Any) -> Settings:
     options["log_level"] = options["log_level"].lower()
     options["log_format"] = options["log_format"].lower()
     options["s3_endpoint"] = options["s3_endpoint"] or None
-    return Settings(**options)
+    settings = Settings(**options)
+    if settings.removes_files and not os.access(settings.watch_dir, os.W_OK | os.X_OK):
+        # access() answers EROFS for a read-only mount too, root or not
+        option = "--delete-after" if settings.delete_after is not None else "--min-free"
+        raise ConfigError(f"{option} removes files, but the watch dir "
+                          f"{str(settings.watch_dir)!r} is read-only or not writable "
+                          "by this process (mount it read-write, or use --delete-dry-run)")
+    return settings
 
 
 def _describe_source(exc: click.BadParameter) -> str:

@@ -49,7 +49,10 @@ def read_state(state_dir: Path) -> dict[str, Any]:
                     "started_at": rfc3339(record.started_at),
                     "completed_at": rfc3339(record.completed_at) if record.completed_at else None,
                     "reopen_count": record.reopen_count,
-                    "chunks_reuploaded": record.chunks_reuploaded})
+                    "chunks_reuploaded": record.chunks_reuploaded,
+                    "source_removed": record.source_removed,
+                    "source_removed_at": (rfc3339(record.source_removed_at)
+                                          if record.source_removed_at else None)})
         finally:
             store.close()
         intents, torn = read_pending(directory.wal)
@@ -81,6 +84,8 @@ def inspect_state(state_dir: Path, as_json: bool) -> None:
             table.add_column(column)
         for s in slot["streams"]:
             status = s["status"] + (f" ({s['end_reason']})" if s["end_reason"] else "")
+            if s["source_removed"]:
+                status += f", file removed ({s['source_removed']})"
             table.add_row(s["stream_id"], s["rel_path"] + ("" if s["current"] else " (old)"),
                           status, str(s["chunks"]), str(s["bytes_uploaded"]),
                           str(s["size_seen"]), str(s["reopen_count"]))

@@ -30,6 +30,7 @@ from shared.messages import (
     EXIT_STATE_WRITE_FAILED,
     MAX_REPORTED_STREAMS,
     Heartbeat,
+    Remove,
     Stop,
     Touch,
 )
@@ -41,6 +42,7 @@ from worker.liveness import Draining, Liveness
 __all__ = ["main", "Worker"]
 
 HEARTBEAT_EVERY = 1.0
+MAX_REPORTED_REMOVABLE = 50  # per heartbeat: --min-free asks for the oldest first
 
 
 class Worker:
@@ -53,7 +55,8 @@ class Worker:
         self.stop_requested = False
         self.parent_gone = False
         self.log = get_logger()
-        self.mailbox: queue.SimpleQueue[str] = queue.SimpleQueue()  # touched paths
+        # touched paths, and removals the supervisor asked for (--min-free)
+        self.mailbox: queue.SimpleQueue[str | Remove] = queue.SimpleQueue()
         self.tracker: Any = None
         self.live = Liveness(notify=self.notify, stopping=self.stopping)
         self._last_heartbeat = 0.0
@@ -81,6 +84,8 @@ class Worker:
                 if message.seen_at:
                     metrics.DISPATCH_SECONDS.observe(max(0.0, time.time() - message.seen_at))
                 self.mailbox.put(message.rel_path)
+            elif isinstance(message, Remove):
+                self.mailbox.put(message)
             elif isinstance(message, Stop):
                 self.stop_requested = True
                 self.mailbox.put("")
@@ -98,7 +103,9 @@ class Worker:
         except queue.Empty:
             return
         while True:
-            if path:
+            if isinstance(path, Remove):
+                self.tracker.retention.request(path.stream_id, path.reason)
+            elif path:
                 self.tracker.touch(path)
             try:
                 path = self.mailbox.get_nowait()
@@ -113,9 +120,11 @@ class Worker:
                 metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
                 metrics.LAG_BYTES.set(self.tracker.lag_bytes())
                 metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
-                self._report = Heartbeat(self.tracker.active_count(),
-                                         streams=self.tracker.progress(MAX_REPORTED_STREAMS),
-                                         completions=tuple(self.tracker.completions))
+                self._report = Heartbeat(
+                    self.tracker.active_count(),
+                    streams=self.tracker.progress(MAX_REPORTED_STREAMS),
+                    completions=tuple(self.tracker.completions),
+                    removable=self.tracker.retention.removable(MAX_REPORTED_REMOVABLE))
             self._send(self._report)
 
     def notify(self) -> None:

@@ -29,6 +29,7 @@ from shared.timefmt import now as wall_now
 from worker.backoff import retry_delay
 from worker.completion import Finalizer
 from worker.multipart import FinalUpload
+from worker.retention import Retention
 from worker.source import SourceChanged, SourceError, SourceFiles
 from worker.storage import BucketCheck
 from worker.stream import Stream, StreamState
@@ -42,7 +43,7 @@ SYNC_NEW_STREAMS_EVERY = 1.0  # seconds a new stream's record may stay unsynced
 class StreamTracker:
     def __init__(self, settings: Settings, store: CheckpointStore, wal: WriteAheadLog,
                  source: SourceFiles, uploader: Uploader, upload: FinalUpload,
-                 finalizer: Finalizer, bucket: BucketCheck, log: Any,
+                 finalizer: Finalizer, bucket: BucketCheck, retention: Retention, log: Any,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = store
@@ -52,6 +53,7 @@ class StreamTracker:
         self.upload = upload
         self.finalizer = finalizer
         self.bucket = bucket
+        self.retention = retention
         self.log = log
         self.clock = clock
         self.streams: dict[str, Stream] = {}
@@ -67,13 +69,22 @@ class StreamTracker:
     def load(self) -> None:
         """Resume every unfinished stream and forget finished lineages that nothing will
         look at again. Intents the log recovered are reconciled by ``step``: a resumed
-        stream's by its next attempt, every other one on its own first."""
+        stream's by its next attempt, every other one on its own first (a removal's at
+        once, before any path is looked at). Completed streams become retention's
+        candidates."""
+        self.retention.recover()
         for record in list(self.store.streams()):
             if record.status is StreamStatus.ACTIVE:
                 self._add(record)
                 self.resumed.add(record.stream_id)
             elif self._finished_with(record):
                 self._forget(record)
+            else:
+                self.retention.consider(record)
+        if self.retention.unverified:
+            self.log.warning("retention_skips_unverified", streams=self.retention.unverified,
+                             why="completed by a release before local retention: their "
+                                 "files are never removed")
 
     def touch(self, rel_path: str) -> None:
         self.touched.add(rel_path)
@@ -133,6 +144,7 @@ class StreamTracker:
             did |= self._attempt(stream)
             between()
         did |= self.upload.copy_ahead(self.streams, self.clock())
+        did |= self.retention.step()
         return did
 
     def _sync_new_streams(self) -> None:
@@ -186,6 +198,8 @@ class StreamTracker:
             self._unload(stream)  # a later event for its path loads it again
             if self._finished_with(record):
                 self._forget(record)
+            else:
+                self.retention.consider(record)
         return did
 
     def _advance(self, stream: Stream) -> bool:
@@ -250,6 +264,11 @@ class StreamTracker:
             return
         if record.end_reason is not None:
             return  # an old lineage being finalized; the path has a new one
+        if record.source_removed is not None:
+            # retention removed its file: this one is new, even on a reused inode
+            self._unload(stream)
+            self._new_stream(record.rel_path, st, reason="new")
+            return
         if st.st_ino != record.ino or st.st_size < record.size:
             reason = "replaced" if st.st_ino != record.ino else "shrank"
             if state is StreamState.RECORDING:
@@ -307,6 +326,7 @@ class StreamTracker:
 
     def _reopen(self, stream: Stream) -> None:
         size = stream.record.size
+        self.retention.discard(stream.stream_id)
         stream.reopen(keep_chunks=self.settings.keep_chunks)  # else: deleted in S3
         metrics.STREAMS_REOPENED.inc()
         self.log.info("stream_reopened", stream_id=stream.stream_id, rel_path=stream.rel_path,
@@ -340,6 +360,7 @@ class StreamTracker:
         in S3 stay. The path is looked at again: a file there now is a new stream."""
         reason = record.end_reason or "superseded"
         Stream.forget(self.store, record.stream_id)
+        self.retention.discard(record.stream_id)
         self.touched.add(record.rel_path)
         self.log.info("stream_forgotten", stream_id=record.stream_id,
                       rel_path=record.rel_path, reason=reason)

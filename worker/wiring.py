@@ -17,6 +17,7 @@ from worker.completion import Finalizer
 from worker.liveness import Liveness
 from worker.multipart import FinalUpload
 from worker.prober import Prober
+from worker.retention import Retention
 from worker.settled import SettledFiles
 from worker.source import SourceFiles
 from worker.storage import BucketCheck, Storage
@@ -41,8 +42,9 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     upload = FinalUpload(storage, wal, log, live, settings.max_parts)
     finalizer = Finalizer(settings, source, uploader, upload, storage, wal, prober, log, live)
     bucket = BucketCheck(storage, settings.create_bucket, log)
+    retention = Retention(settings, store, wal, storage, log)
     tracker = StreamTracker(settings, store, wal, source, uploader, upload, finalizer, bucket,
-                            log)
+                            retention, log)
 
     def close() -> None:
         upload.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import parse_extensions, parse_size
+from shared.settings import parse_duration, parse_extensions, parse_min_free, parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -48,3 +48,25 @@ def test_parse_extensions_rejects(text: str) -> None:
     """An empty list or a path-like extension is refused."""
     with pytest.raises(ValueError):
         parse_extensions(text)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900),
+                                           ("2h", 7200), ("7d", 604800), ("0s", 0),
+                                           ("1.5h", 5400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "-1s", "5w", "1h30m", "soon"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_min_free_in_bytes_or_percent() -> None:
+    assert parse_min_free("2GiB").required(100 << 30) == 2 << 30
+    assert parse_min_free("10%").required(1000) == 100
+    assert parse_min_free(" 12.5% ").required(800) == 100
+    for bad in ("0", "0%", "100%", "ten%", "5 apples"):
+        with pytest.raises(ValueError):
+            parse_min_free(bad)

@@ -167,3 +167,38 @@ def test_bad_config_exits_2_before_any_worker(tmp_path: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "'--workers'" in proc.stderr
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+def test_retention_is_off_by_default(workdir: Path) -> None:
+    s = settings([])
+    assert s.delete_after is None and s.min_free is None and not s.delete_dry_run
+    assert not s.retention and not s.removes_files
+
+
+def test_retention_options_from_flag_environment_and_ini(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings(["--delete-after", "15m", "--min-free", "10%"])
+    assert s.delete_after == 900 and s.min_free is not None and s.min_free.percent == 10
+    assert s.removes_files
+    (workdir / "processor.ini").write_text(
+        "[processor]\ndelete_after = 7d\nmin_free = 2GiB\ndelete_dry_run = true\n")
+    s = settings([])
+    assert s.delete_after == 7 * 86400 and s.min_free is not None
+    assert s.min_free.bytes == 2 << 30 and s.delete_dry_run and not s.removes_files
+    monkeypatch.setenv("PROCESSOR_DELETE_AFTER", "0s")
+    assert settings([]).delete_after == 0
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--delete-after", "soon"], "'--delete-after'"),
+    (["--delete-after", "-5s"], "'--delete-after'"),
+    (["--delete-after", "5w"], "'--delete-after'"),
+    (["--min-free", "lots"], "'--min-free'"),
+    (["--min-free", "100%"], "'--min-free'"),
+    (["--min-free", "0%"], "'--min-free'"),
+    (["--min-free", "0"], "'--min-free'"),
+])
+def test_bad_retention_values_are_one_line_errors(
+        workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> None:
+    assert option in error_line(argv, capsys)
+

@@ -1,0 +1,100 @@
+"""Removing one verified source file, as the kernel allows it and no further.
+
+The caller has checked S3; this checks the file. It is opened read-only beneath the
+watch dir (no symlink followed) and a read lease is taken on it: Linux grants one
+(``F_SETLEASE``, ``F_RDLCK``) only while no process on the host has the file open
+for writing, so a recorder that is idle but still holds its file is seen, which no
+stat can show. Holding the lease, the open file must still be the verified state
+(device, inode, size, mtime, ctime), and the name must still lead to that inode;
+then the name is unlinked through the same descriptor walk. A writer that opens the
+file during those few system calls waits for the lease to be released (the kernel
+breaks it), so it cannot slip a write in between the check and the unlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.paths import parent_beneath
+
+__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "remove_verified"]
+
+_REASONS = {
+    errno.EAGAIN: "open_for_writing",       # a writer has it open (or a conflicting lease)
+    errno.EINVAL: "lease_unsupported",      # NFS, FUSE, SMB, overlay on some kernels
+    errno.ENOSYS: "lease_unsupported",
+    errno.EOPNOTSUPP: "lease_unsupported",
+    errno.EPERM: "lease_not_permitted",     # not the file's owner and no CAP_LEASE
+    errno.EACCES: "lease_not_permitted",
+}
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a completion verified about a file; any change means a different file or
+    different bytes."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class LeaseRefused(Exception):
+    """The kernel would not grant the read lease; ``reason`` says why, for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class NotTheVerifiedFile(Exception):
+    """The path no longer holds the verified state (changed, replaced or renamed)."""
+
+
+def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity) -> None:
+    """Unlink ``rel_path`` if, under a read lease, it is exactly ``expected``.
+
+    Raises FileNotFoundError (nothing there, or a symlink on the way), LeaseRefused,
+    NotTheVerifiedFile, or another OSError (e.g. no write permission on the directory).
+    """
+    with parent_beneath(watch_dir, rel_path) as (parent, name):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotTheVerifiedFile("the name is now a symlink") from exc
+            raise
+        try:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            except OSError as exc:
+                reason = _REASONS.get(exc.errno or 0)
+                if reason is None:
+                    raise
+                raise LeaseRefused(reason, os.strerror(exc.errno or 0)) from exc
+            try:
+                held = os.fstat(fd)
+                if FileIdentity.of(held) != expected:
+                    raise NotTheVerifiedFile("the file changed since completion verified it")
+                named = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                    raise NotTheVerifiedFile("the name now leads to another file")
+                os.unlink(name, dir_fd=parent)
+            finally:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                except OSError:
+                    pass  # closing the descriptor releases it too
+        finally:
+            os.close(fd)
