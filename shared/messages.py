@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Touch", "Stop", "Remove", "Removable", "Heartbeat", "StreamProgress", "Completion",
+__all__ = ["Touch", "Stop", "Remove", "Removable", "Removal", "Heartbeat", "StreamProgress",
+           "Completion",
            "WorkerMessage", "SupervisorMessage", "EXIT_OK", "EXIT_STATE_UNAVAILABLE",
            "EXIT_STATE_WRITE_FAILED", "MAX_REPORTED_STREAMS"]
 
@@ -52,6 +53,17 @@ class Removable:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """A source file local retention removed recently."""
+
+    stream_id: str
+    rel_path: str
+    size: int
+    reason: str                 # delete_after | min_free
+    removed_at: float           # wall clock
+
+
+@dataclass(frozen=True)
 class StreamProgress:
     """One unfinished stream as its worker sees it now."""
 
@@ -90,6 +102,7 @@ class Heartbeat:
     streams: tuple[StreamProgress, ...] = field(default=())
     completions: tuple[Completion, ...] = field(default=())
     removable: tuple[Removable, ...] = field(default=())  # oldest completion first
+    removals: tuple[Removal, ...] = field(default=())
 
 
 SupervisorMessage = Touch | Stop | Remove

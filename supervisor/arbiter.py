@@ -313,7 +313,7 @@ class Supervisor:
         """Called from the HTTP thread for ``/streams``: what every worker last reported.
         Each slot's report is replaced whole by the main loop, so reading is safe."""
         now = time.monotonic()
-        workers, streams, completions = [], [], []
+        workers, streams, completions, removals = [], [], [], []
         for slot in self.slots:
             report = slot.last_report
             workers.append({"slot": slot.index, "pid": slot.pid, "alive": slot.is_alive(),
@@ -321,12 +321,15 @@ class Supervisor:
                             "restarts": slot.restarts, "active_streams": report.active_streams})
             streams += [dict(asdict(p), worker=slot.index) for p in report.streams]
             completions += [dict(asdict(c), worker=slot.index) for c in report.completions]
+            removals += [dict(asdict(r), worker=slot.index) for r in report.removals]
         streams.sort(key=lambda s: s["started_at"])
         completions.sort(key=lambda c: c["completed_at"], reverse=True)
+        removals.sort(key=lambda r: r["removed_at"], reverse=True)
         return {"generated_at": time.time(), "state": self.state.value,
                 "stream_timeout": self.settings.stream_timeout,
                 "chunk_size": self.settings.chunk_size, "workers": workers,
-                "streams": streams, "recent_completions": completions[:20]}
+                "streams": streams, "recent_completions": completions[:20],
+                "recent_removals": removals[:20]}
 
     def _stop_watcher(self) -> None:
         if self.watcher is not None:

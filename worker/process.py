@@ -124,7 +124,8 @@ class Worker:
                     self.tracker.active_count(),
                     streams=self.tracker.progress(MAX_REPORTED_STREAMS),
                     completions=tuple(self.tracker.completions),
-                    removable=self.tracker.retention.removable(MAX_REPORTED_REMOVABLE))
+                    removable=self.tracker.retention.removable(MAX_REPORTED_REMOVABLE),
+                    removals=tuple(self.tracker.retention.removals))
             self._send(self._report)
 
     def notify(self) -> None:

@@ -5,10 +5,17 @@ watch dir (no symlink followed) and a read lease is taken on it: Linux grants on
 (``F_SETLEASE``, ``F_RDLCK``) only while no process on the host has the file open
 for writing, so a recorder that is idle but still holds its file is seen, which no
 stat can show. Holding the lease, the open file must still be the verified state
-(device, inode, size, mtime, ctime), and the name must still lead to that inode;
-then the name is unlinked through the same descriptor walk. A writer that opens the
-file during those few system calls waits for the lease to be released (the kernel
-breaks it), so it cannot slip a write in between the check and the unlink.
+(device, inode, size, mtime, ctime), and the name must still lead to that inode.
+
+A writer that opens the file by its name during those few system calls waits for
+the lease (the kernel breaks it, and the open completes once it is released), and
+would then write to a file no longer in any directory. So the name is first renamed
+to a hidden one in the same directory, where no writer looks; if the lease shows a
+break pending after that, a writer got in first, and the name is given back. Only
+then is the hidden name unlinked. What remains is a writer whose open() found the
+file by its old name before the rename yet reaches the lease check only after ours
+(one system call racing four of ours); ``remove`` intents let a crash between the
+rename and the unlink be finished at the next start (``finish_removal``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from pathlib import Path
 
 from shared.paths import parent_beneath
 
-__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "remove_verified"]
+__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "remove_verified",
+           "hidden_name", "finish_removal"]
 
 _REASONS = {
     errno.EAGAIN: "open_for_writing",       # a writer has it open (or a conflicting lease)
@@ -61,8 +69,15 @@ class NotTheVerifiedFile(Exception):
     """The path no longer holds the verified state (changed, replaced or renamed)."""
 
 
-def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity) -> None:
-    """Unlink ``rel_path`` if, under a read lease, it is exactly ``expected``.
+def hidden_name(stream_id: str) -> str:
+    """Where a file being removed is moved first (a dot name: never a stream)."""
+    return f".processor-removing-{stream_id}"
+
+
+def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
+                    hidden: str) -> None:
+    """Unlink ``rel_path`` if, under a read lease, it is exactly ``expected`` (through
+    ``hidden``, a name in the same directory).
 
     Raises FileNotFoundError (nothing there, or a symlink on the way), LeaseRefused,
     NotTheVerifiedFile, or another OSError (e.g. no write permission on the directory).
@@ -90,7 +105,11 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity) -> N
                 named = os.stat(name, dir_fd=parent, follow_symlinks=False)
                 if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
                     raise NotTheVerifiedFile("the name now leads to another file")
-                os.unlink(name, dir_fd=parent)
+                os.rename(name, hidden, src_dir_fd=parent, dst_dir_fd=parent)
+                if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+                    _give_back(parent, hidden, name)
+                    raise LeaseRefused("open_for_writing", "a writer opened it during removal")
+                os.unlink(hidden, dir_fd=parent)
             finally:
                 try:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -98,3 +117,37 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity) -> N
                     pass  # closing the descriptor releases it too
         finally:
             os.close(fd)
+
+
+def _give_back(parent: int, hidden: str, name: str) -> None:
+    """Put the file back under its name, unless a new file took the name meanwhile (it
+    then stays under ``hidden``, and the caller's error says so)."""
+    try:
+        os.link(hidden, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except FileExistsError as exc:
+        raise NotTheVerifiedFile(f"a new file took the name; the old one is kept as "
+                                 f"{hidden}") from exc
+    os.unlink(hidden, dir_fd=parent)
+
+
+def finish_removal(watch_dir: Path, rel_path: str, hidden: str, ino: int) -> bool:
+    """After a crash during a removal: unlink the verified inode (``ino``) if it was
+    left under ``hidden``. Returns whether the file is gone from its name (the removal
+    happened, or is finished now)."""
+    try:
+        with parent_beneath(watch_dir, rel_path) as (parent, name):
+            try:
+                named = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if named.st_ino == ino:
+                    return False  # the rename never happened: nothing was removed
+            except FileNotFoundError:
+                pass
+            try:
+                left = os.stat(hidden, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return True
+            if left.st_ino == ino:
+                os.unlink(hidden, dir_fd=parent)
+            return True
+    except FileNotFoundError:
+        return True  # its directory is gone, and the file with it

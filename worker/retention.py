@@ -10,10 +10,11 @@ first: its record is complete and current; the file is the state completion veri
 every chunk) at the exact size, by requests made now; and, under a read lease, no
 process has it open for writing (``worker.removal``).
 
-Crash safety: a ``remove`` intent is logged (fsynced) before the unlink and the
-record marked after it. At start-up an intent left open is settled from the path:
-if the verified file is no longer there, the removal happened and is recorded;
-otherwise the file stays a candidate. A crash can therefore never remove a file
+Crash safety: a ``remove`` intent is logged (fsynced) before the file is touched and
+the record marked after it. At start-up an intent left open is settled from the
+path: if the verified file is no longer there, the removal happened (or is finished
+now, if the file was left under its hidden name) and is recorded; otherwise the file
+stays a candidate. A crash can therefore never remove a file
 whose stream is not complete, and never lose the knowledge that a path's file was
 removed (so a new file there, even on a reused inode, is a new stream).
 """
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import metrics
 from shared.keys import StreamKeys
-from shared.messages import Removable
+from shared.messages import Removable, Removal
 from shared.paths import lstat_beneath
 from shared.s3 import StorageError
 from shared.settings import Settings
@@ -36,7 +38,14 @@ from shared.state.records import StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog
 from shared.timefmt import now as wall_now
-from worker.removal import FileIdentity, LeaseRefused, NotTheVerifiedFile, remove_verified
+from worker.removal import (
+    FileIdentity,
+    LeaseRefused,
+    NotTheVerifiedFile,
+    finish_removal,
+    hidden_name,
+    remove_verified,
+)
 from worker.storage import Storage
 from worker.stream import Stream
 
@@ -89,6 +98,7 @@ class Retention:
         self._order: list[tuple[float, str]] = []  # (completed_at, stream_id), lazily pruned
         self.requested: dict[str, str] = {}        # stream id -> reason, from the supervisor
         self.unverified = 0                        # completed before retention existed
+        self.removals: deque[Removal] = deque(maxlen=20)  # for /streams
 
     # what is a candidate
     def recover(self) -> None:
@@ -99,7 +109,7 @@ class Retention:
                 continue
             record = self.store.stream(intent.stream_id)
             if record is not None and record.source_removed is None and \
-                    not self._still_there(record):
+                    self._gone(record, str(intent.fields.get("hidden", ""))):
                 Stream.source_removed(self.store, record, str(intent.fields.get("reason")),
                                       wall_now())
                 self.log.info("source_removed", stream_id=record.stream_id,
@@ -107,15 +117,12 @@ class Retention:
                               reason=intent.fields.get("reason"), recovered=True)
             self.wal.done(intent)
 
-    def _still_there(self, record: StreamRecord) -> bool:
+    def _gone(self, record: StreamRecord, hidden: str) -> bool:
         try:
-            st = lstat_beneath(self.watch_dir, record.rel_path)
-        except FileNotFoundError:
-            return False
+            return finish_removal(self.watch_dir, record.rel_path,
+                                  hidden or hidden_name(record.stream_id), record.ino)
         except OSError:
-            return True  # cannot tell: assume not removed (it stays a candidate)
-        return (st.st_dev, st.st_ino, st.st_ctime_ns) == (record.dev, record.ino,
-                                                          record.verified_ctime_ns)
+            return False  # cannot tell: assume not removed (it stays a candidate)
 
     def consider(self, record: StreamRecord) -> None:
         """A completed stream (at start-up, or just completed) may become a candidate."""
@@ -206,10 +213,11 @@ class Retention:
             c.dry_run_done = True
             self.log.info("source_would_remove", **fields)
             return True
+        hidden = hidden_name(record.stream_id)
         intent = self.wal.begin("remove", stream_id=record.stream_id, index=-1,
-                                rel_path=record.rel_path, reason=reason)
+                                rel_path=record.rel_path, reason=reason, hidden=hidden)
         try:
-            remove_verified(self.watch_dir, record.rel_path, expected)
+            remove_verified(self.watch_dir, record.rel_path, expected, hidden)
         except LeaseRefused as exc:
             self.wal.done(intent)
             return self._refused(c, exc.reason, detail=str(exc))
@@ -223,9 +231,11 @@ class Retention:
         except OSError as exc:
             self.wal.done(intent)
             return self._refused(c, "unlink_failed", detail=exc.strerror)
-        Stream.source_removed(self.store, record, reason, wall_now())
+        removed = Stream.source_removed(self.store, record, reason, wall_now())
         self.wal.done(intent)
         self.discard(c.stream_id)
+        self.removals.append(Removal(record.stream_id, record.rel_path, record.size, reason,
+                                     removed.source_removed_at or 0.0))
         metrics.SOURCE_FILES_REMOVED.labels(reason=reason).inc()
         metrics.SOURCE_BYTES_REMOVED.labels(reason=reason).inc(record.size)
         self.log.info("source_removed", **fields)

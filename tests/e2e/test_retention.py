@@ -20,7 +20,8 @@ import pytest
 
 from tests.badinput.support import Service, service
 from tests.support.bucket import check_stream, metadata_documents
-from tests.support.runner import processor_command
+from tests.support.http import http_get
+from tests.support.runner import processor_command, wait_until
 from tests.support.s3server import S3Endpoint
 from tests.support.videos import make_video
 
@@ -86,6 +87,15 @@ def test_finished_files_are_removed_only_once_safely_in_s3(
     assert values['processor_source_bytes_removed_total{reason="delete_after"}'] == \
         sum(map(len, files.values()))
     assert values["processor_watch_dir_free_bytes"] > 0
+
+    def streams_lists_all() -> list[dict[str, Any]] | None:
+        status, body = http_get(f"http://127.0.0.1:{svc.metrics_port}/streams")
+        shown = json.loads(body)["recent_removals"] if status == 200 else []
+        return shown if {r["rel_path"] for r in shown} == set(files) else None
+
+    shown = wait_until(streams_lists_all, 10, "/streams lists the removals",
+                       svc.processor.tail)
+    assert {r["reason"] for r in shown} == {"delete_after"}
 
     # a new file at a removed file's path is a new stream (even on a reused inode), and
     # the first recording's objects in S3 stay as they were

@@ -1,0 +1,201 @@
+"""Local retention at its limits: a full filesystem (``--min-free`` on a small tmpfs),
+a lease the kernel refuses, and ``kill -9`` at random moments.
+
+The tmpfs and the unprivileged run need root (mount, setpriv): elsewhere they skip
+and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.badinput.support import (
+    NOBODY_UID,
+    NOGROUP_GID,
+    Service,
+    service,
+    unprivileged_command,
+)
+from tests.support.bucket import check_stream, metadata_documents
+from tests.support.runner import wait_until
+from tests.support.s3server import S3Endpoint
+
+pytestmark = pytest.mark.timeout(300)
+
+MiB = 1 << 20
+
+
+def removals(svc: Service) -> list[dict[str, Any]]:
+    return [e for e in svc.processor.all_events() if e.get("event") == "source_removed"]
+
+
+def free_bytes(path: Path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_mib: int) -> Iterator[None]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root: --min-free on a full filesystem untested")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_min_free_removes_oldest_safe_files_first(tmp_path: Path, s3: S3Endpoint) -> None:
+    """A 40 MiB tmpfs and ``--min-free 20MiB``. Four finished 6 MiB files, then one held
+    open by its writer and growing: each time free space drops under 20 MiB the oldest
+    finished file goes, until only the open one is left, which is never removed while
+    its writer holds it (``nothing_safe``); once it is closed it goes too."""
+    with tmpfs(tmp_path / "in", 40), \
+            service(tmp_path, s3, extra=["--min-free", "20MiB"]) as svc:
+        watch = svc.watch_dir
+        threshold = 20 * MiB
+
+        def complete(name: str) -> None:
+            svc.processor.wait_for_event("stream_completed", lambda e: e["rel_path"] == name)
+
+        def gone(name: str) -> None:
+            svc.processor.wait_for_event("source_removed", lambda e: e["rel_path"] == name)
+
+        for i in range(1, 5):
+            (watch / f"f{i}.mp4").write_bytes(os.urandom(6 * MiB))
+            complete(f"f{i}.mp4")
+        gone("f1.mp4")  # 24 MiB used: 16 free
+        assert [(watch / f"f{i}.mp4").exists() for i in range(1, 5)] == [False, True, True, True]
+        with open(watch / "open.mp4", "wb") as writer:
+            for chunk_mib, expect_gone in ((5, "f2.mp4"), (4, "f3.mp4"), (6, "f4.mp4")):
+                writer.write(os.urandom(chunk_mib * MiB))
+                writer.flush()
+                gone(expect_gone)
+            writer.write(os.urandom(6 * MiB))  # 21 MiB open: 19 free, nothing safe
+            writer.flush()
+            svc.processor.wait_for_event("retention_blocked",
+                                         lambda e: e["reason"] == "nothing_safe")
+            assert (watch / "open.mp4").stat().st_size == 21 * MiB
+            assert free_bytes(watch) < threshold
+        gone("open.mp4")
+        events = removals(svc)
+        assert [e["rel_path"] for e in events] == [f"f{i}.mp4" for i in range(1, 5)] + \
+            ["open.mp4"]
+        assert {e["reason"] for e in events} == {"min_free"}
+        assert free_bytes(watch) >= threshold
+        for event in events:
+            (doc,) = [d for d in metadata_documents(svc.client, svc.bucket)
+                      if d["stream_id"] == event["stream_id"]]
+            assert doc["total_size_bytes"] == event["size"]
+        values = svc.metrics()
+        assert values["processor_min_free_bytes"] == threshold
+        assert values['processor_source_files_removed_total{reason="min_free"}'] == 5
+
+
+@pytest.fixture
+def as_nobody(tmp_path_factory: pytest.TempPathFactory, s3: S3Endpoint) -> Iterator[Service]:
+    """The processor as ``nobody``, in a watch dir it may write (the pytest temp dir is
+    root-only, hence /tmp)."""
+    argv = unprivileged_command()
+    if argv is None:
+        pytest.skip("cannot run the processor as nobody here (needs root, setpriv, the "
+                    "nobody user and an interpreter nobody can execute): a refused lease "
+                    "is untested")
+    workdir = Path(tempfile.mkdtemp(prefix="vsp-retention-", dir="/tmp"))
+    try:
+        workdir.chmod(0o755)
+        (workdir / "in").mkdir(mode=0o777)
+        (workdir / "in").chmod(0o777)
+        (workdir / "state").mkdir()
+        os.chown(workdir / "state", NOBODY_UID, NOGROUP_GID)
+        with service(workdir, s3, workers=1, argv=argv,
+                     extra=["--delete-after", "0s"]) as svc:
+            yield svc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_refused_lease_keeps_the_file(as_nobody: Service) -> None:
+    """Without ownership or CAP_LEASE the kernel refuses the lease: the file stays and
+    the reason is logged once; a file the processor's user owns is removed."""
+    svc = as_nobody
+    theirs, ours = svc.watch_dir / "root-owned.mp4", svc.watch_dir / "nobody-owned.mp4"
+    theirs.write_bytes(os.urandom(100_000))
+    (event,) = svc.processor.wait_for_event(
+        "retention_blocked", lambda e: e.get("rel_path") == "root-owned.mp4")
+    assert event["reason"] == "lease_not_permitted"
+    ours.write_bytes(os.urandom(100_000))
+    os.chown(ours, NOBODY_UID, NOGROUP_GID)
+    svc.processor.wait_for_event("source_removed", lambda e: e["rel_path"] == "nobody-owned.mp4")
+    assert theirs.exists() and not ours.exists()
+    assert len(svc.events("retention_blocked", rel_path="root-owned.mp4")) == 1
+
+
+def append(path: Path, data: bytes) -> bool:
+    """Append ``data`` to ``path`` as a recorder reopening its file would (or create it,
+    if retention removed it); True if it was a new file. Fails if the file was removed
+    while this writer held it open: those bytes would be lost."""
+    try:
+        fd, new = os.open(path, os.O_WRONLY | os.O_APPEND), False
+    except FileNotFoundError:
+        fd, new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), True
+    try:
+        os.write(fd, data)
+        assert os.fstat(fd).st_nlink == 1, f"{path} removed while open for writing"
+    finally:
+        os.close(fd)
+    return new
+
+
+def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoint) -> None:
+    """``--delete-after 0s`` and ``kill -9`` of the whole group at seeded random moments
+    while files are written, grow (one is appended to across restarts, and comes back
+    as a new file whenever it was removed meanwhile) and get removed. At the end every
+    file is byte-identical in S3 with its metadata; none is lost."""
+    seed = int(os.environ.get("RETENTION_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    written: dict[str, bytearray] = {}
+    lineages: list[bytearray] = []  # growing.mp4, one entry per file that had the name
+    kills = 0
+    with service(tmp_path, s3, extra=["--delete-after", "0s"]) as svc:
+        watch = svc.watch_dir
+        growing = watch / "growing.mp4"
+        for cycle in range(10):
+            name = f"cam{cycle}.mp4"
+            data = os.urandom(rng.randrange(1, 7 * MiB))
+            (watch / name).write_bytes(data)
+            written[name] = bytearray(data)
+            if cycle < 6:  # one file grows across the first restarts, then stops
+                more = os.urandom(rng.randrange(100_000, 2 * MiB))
+                if append(growing, more):
+                    lineages.append(bytearray())
+                lineages[-1].extend(more)
+            time.sleep(rng.uniform(0.5, 3.5))
+            svc.processor.kill9()
+            kills += 1
+            svc.processor.start()
+            svc.processor.wait_for_event("worker_started", count=svc.processor.workers,
+                                         timeout=60)
+        wait_until(lambda: not any((watch / n).exists() for n in [*written, "growing.mp4"]),
+                   180, f"every file removed (seed {seed})", svc.processor.tail)
+    assert kills >= 10
+    docs = list(metadata_documents(svc.client, svc.bucket))
+    expected = [*written.items(), *(("growing.mp4", data) for data in lineages)]
+    for name, data in expected:
+        matching = [d for d in docs if d["source_path"] == name
+                    and d["total_size_bytes"] == len(data)]
+        assert matching, f"{name} ({len(data)} bytes) removed but not in S3 (seed {seed})"
+        check_stream(svc.client, svc.bucket, matching[-1], bytes(data))

@@ -1,0 +1,145 @@
+"""``worker.removal`` and retention's crash recovery, on real files and real LevelDB.
+
+The kernel's read lease is the real one: a descriptor this test process holds open
+for writing is as much a writer as a recorder's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import structlog
+
+from shared.settings import Settings
+from shared.state.layout import WorkerStateDir
+from shared.state.records import StreamRecord, StreamStatus
+from shared.state.store import CheckpointStore
+from shared.state.wal import WriteAheadLog
+from worker.removal import (
+    FileIdentity,
+    LeaseRefused,
+    NotTheVerifiedFile,
+    finish_removal,
+    hidden_name,
+    remove_verified,
+)
+from worker.retention import Retention
+
+HIDDEN = hidden_name("cam-0001")
+
+
+@pytest.fixture
+def watch(tmp_path: Path) -> Path:
+    (tmp_path / "in" / "site").mkdir(parents=True)
+    return tmp_path / "in"
+
+
+def recorded(path: Path) -> FileIdentity:
+    return FileIdentity.of(os.lstat(path))
+
+
+def test_the_verified_file_is_removed_and_nothing_is_left(watch: Path) -> None:
+    path = watch / "site" / "cam.mp4"
+    path.write_bytes(b"x" * 1000)
+    remove_verified(watch, "site/cam.mp4", recorded(path), HIDDEN)
+    assert os.listdir(watch / "site") == []
+
+
+def test_a_file_open_for_writing_is_kept(watch: Path) -> None:
+    path = watch / "cam.mp4"
+    path.write_bytes(b"x" * 1000)
+    expected = recorded(path)
+    with open(path, "ab"), pytest.raises(LeaseRefused) as refused:
+        remove_verified(watch, "cam.mp4", expected, HIDDEN)
+    assert refused.value.reason == "open_for_writing"
+    assert sorted(os.listdir(watch)) == ["cam.mp4", "site"]
+    remove_verified(watch, "cam.mp4", expected, HIDDEN)  # closed: now it may go
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("change", ["append", "chmod", "replace"])
+def test_a_file_not_in_its_verified_state_is_kept(watch: Path, change: str) -> None:
+    path = watch / "cam.mp4"
+    path.write_bytes(b"x" * 1000)
+    expected = recorded(path)
+    if change == "append":
+        with open(path, "ab") as f:
+            f.write(b"y")
+    elif change == "chmod":
+        path.chmod(0o600)  # ctime only
+    else:
+        (watch / "new").write_bytes(b"x" * 1000)
+        os.rename(watch / "new", path)
+    with pytest.raises(NotTheVerifiedFile):
+        remove_verified(watch, "cam.mp4", expected, HIDDEN)
+    assert path.read_bytes().startswith(b"x" * 1000)
+
+
+def test_symlinks_are_never_followed_or_removed(watch: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cam.mp4").write_bytes(b"secret")
+    expected = recorded(outside / "cam.mp4")
+    os.symlink(outside / "cam.mp4", watch / "link.mp4")
+    with pytest.raises(NotTheVerifiedFile):
+        remove_verified(watch, "link.mp4", expected, HIDDEN)
+    os.symlink(outside, watch / "linkdir")
+    with pytest.raises(FileNotFoundError):
+        remove_verified(watch, "linkdir/cam.mp4", expected, HIDDEN)
+    assert (outside / "cam.mp4").read_bytes() == b"secret"
+    assert (watch / "link.mp4").is_symlink()
+
+
+def test_finish_removal_after_a_crash_between_rename_and_unlink(watch: Path) -> None:
+    path = watch / "site" / "cam.mp4"
+    path.write_bytes(b"x")
+    ino = path.stat().st_ino
+    assert finish_removal(watch, "site/cam.mp4", HIDDEN, ino) is False  # never renamed
+    os.rename(path, watch / "site" / HIDDEN)
+    assert finish_removal(watch, "site/cam.mp4", HIDDEN, ino) is True
+    assert os.listdir(watch / "site") == []
+    assert finish_removal(watch, "site/cam.mp4", HIDDEN, ino) is True  # already done
+
+
+def _complete(store: CheckpointStore, path: Path, stream_id: str) -> StreamRecord:
+    st = os.lstat(path)
+    record = StreamRecord(stream_id=stream_id, rel_path=path.name, dev=st.st_dev,
+                          ino=st.st_ino, chunk_size=5 << 20, started_at=1.0, size=st.st_size,
+                          mtime_ns=st.st_mtime_ns, status=StreamStatus.COMPLETE,
+                          completed_at=2.0, verified_ctime_ns=st.st_ctime_ns)
+    store.start_stream(record)
+    return record
+
+
+def test_recovery_records_a_removal_that_happened_and_forgets_one_that_did_not(
+        watch: Path, tmp_path: Path) -> None:
+    """Two ``remove`` intents left open by a crash: one file is gone (it was removed),
+    the other is still there (the crash came before): the first is recorded as
+    removed, the second stays a candidate, and both intents are settled."""
+    directory = WorkerStateDir(tmp_path / "state")
+    store, wal = CheckpointStore(directory), WriteAheadLog(directory)
+    (watch / "gone.mp4").write_bytes(b"a" * 100)
+    (watch / "kept.mp4").write_bytes(b"b" * 100)
+    gone = _complete(store, watch / "gone.mp4", "gone-1")
+    kept = _complete(store, watch / "kept.mp4", "kept-1")
+    for record in (gone, kept):
+        wal.begin("remove", stream_id=record.stream_id, index=-1, rel_path=record.rel_path,
+                  reason="min_free", hidden=hidden_name(record.stream_id))
+    os.rename(watch / "gone.mp4", watch / hidden_name("gone-1"))  # the crash: not unlinked
+    wal.close()
+    wal = WriteAheadLog(directory)
+    settings = Settings(watch_dir=watch, min_free=None, delete_after=0.0)
+    retention = Retention(settings, store, wal, storage=None,  # type: ignore[arg-type]
+                          log=structlog.get_logger())
+    retention.recover()
+    for record in store.streams():
+        retention.consider(record)
+    assert store.stream("gone-1").source_removed == "min_free"  # type: ignore[union-attr]
+    assert store.stream("kept-1").source_removed is None  # type: ignore[union-attr]
+    assert sorted(os.listdir(watch)) == ["kept.mp4", "site"]
+    assert set(retention.candidates) == {"kept-1"}
+    assert wal.pending() == []
+    store.close()
+    wal.close()
