@@ -1,7 +1,10 @@
-"""Static checks of the container deployment: Dockerfile, docker-compose.yml, Prometheus.
+"""Static checks of the container deployment: Dockerfile, docker-compose.yml, its
+local-retention override docker-compose.retention.yml, Prometheus.
 
 Nothing here needs Docker: the files are parsed and compared with the contract
-(watch dir read-only, state persisted, drain timeout, metrics port, credentials).
+(watch dir read-only, state persisted, drain timeout, metrics port, credentials), and
+the override is merged with the base file by Compose's merge rules. Where
+`docker compose` is installed, its own merge (`config`) is checked as well.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.settings import parse_duration, parse_min_free
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+RETENTION_FILE = ROOT / "docker-compose.retention.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -25,6 +31,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 DEFAULT_DRAIN_TIMEOUT = 25.0  # seconds, the contract's --drain-timeout default
 DEFAULT_METRICS_PORT = 9100
 COMPILERS = ("gcc", "g++", "clang", "build-essential", "python3-dev", "libleveldb-dev")
+RETENTION_OPTIONS = ("PROCESSOR_DELETE_AFTER", "PROCESSOR_MIN_FREE")  # the override sets them
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}; "$${...}" is an escaped literal.
 _VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -156,12 +163,75 @@ def _container_env(name: str, compose: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def _merge(base: Any, override: Any, path: tuple[str, ...] = ()) -> Any:
+    """Compose's merge of two YAML nodes: mappings key by key, sequences appended (no
+    duplicates), anything else replaced; command, entrypoint and healthcheck.test are
+    replaced whole."""
+    if path[-1:] in (("command",), ("entrypoint",)) or path[-2:] == ("healthcheck", "test"):
+        return override
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + [item for item in override if item not in base]
+    return override
+
+
+def _merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """One service of ``docker compose -f base -f override``: environment merged by
+    variable and volumes by container path (each in its expanded form), the rest by
+    ``_merge``."""
+    merged = _merge({k: v for k, v in base.items() if k not in ("environment", "volumes")},
+                    {k: v for k, v in override.items() if k not in ("environment", "volumes")})
+    if "environment" in base or "environment" in override:
+        merged["environment"] = {**_environment(base), **_environment(override)}
+    if "volumes" in base or "volumes" in override:
+        by_target = {PurePosixPath(v["target"]): v for v in _volumes(base)}
+        by_target.update({PurePosixPath(v["target"]): v for v in _volumes(override)})
+        merged["volumes"] = list(by_target.values())
+    return merged
+
+
+def _merge_files(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Two parsed Compose files merged as ``docker compose -f base -f override`` does."""
+    merged = _merge({k: v for k, v in base.items() if k != "services"},
+                    {k: v for k, v in override.items() if k != "services"})
+    services = dict(base.get("services") or {})
+    for name, service in (override.get("services") or {}).items():
+        services[name] = _merge_service(services[name], service) if name in services else service
+    merged["services"] = services
+    return merged
+
+
+def _image_user() -> str:
+    """The final stage's USER."""
+    users = [args for keyword, args in _final_stage() if keyword == "USER"]
+    assert users, "no USER in the final stage"
+    return users[-1]
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """docker-compose.yml, parsed."""
     data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def retention() -> dict[str, Any]:
+    """docker-compose.retention.yml, parsed."""
+    data = yaml.safe_load(RETENTION_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def merged(compose: dict[str, Any], retention: dict[str, Any]) -> dict[str, Any]:
+    """docker-compose.yml with docker-compose.retention.yml over it."""
+    return _merge_files(compose, retention)
 
 
 @pytest.fixture(scope="module")
@@ -284,11 +354,13 @@ def test_prometheus_scrapes_the_processor_metrics_port(compose: dict[str, Any]) 
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs)
 
 
-def test_every_compose_variable_is_documented_in_env_example(compose: dict[str, Any]) -> None:
-    """Each ${VAR} that docker-compose.yml substitutes has an entry in .env.example."""
-    used = {m.group(1) for text in _strings(compose) for m in _VAR.finditer(text)}
+@pytest.mark.parametrize("path", [COMPOSE_FILE, RETENTION_FILE], ids=lambda p: p.name)
+def test_every_compose_variable_is_documented_in_env_example(path: Path) -> None:
+    """Each ${VAR} that a Compose file substitutes has an entry in .env.example."""
+    data = yaml.safe_load(path.read_text())
+    used = {m.group(1) for text in _strings(data) for m in _VAR.finditer(text)}
     documented = set(re.findall(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
-    assert used, "docker-compose.yml substitutes no variables"
+    assert used, f"{path.name} substitutes no variables"
     assert used <= documented, f"undocumented: {sorted(used - documented)}"
 
 
@@ -301,7 +373,103 @@ def test_no_secret_literals_in_compose(compose: dict[str, Any]) -> None:
                 assert _VAR.fullmatch(value), f"{name}.{key} is a literal: {value!r}"
 
 
-# --- Dockerfile -------------------------------------------------------------------------
+# --- docker-compose.retention.yml (local retention) ---------------------------------------
+
+
+def test_merge_follows_compose_rules() -> None:
+    """The stand-in for `docker compose config`: a volume replaces the one at its target,
+    environment merges by variable, cap_add appends, scalars and commands are replaced."""
+    base = {"services": {"s": {
+        "image": "a", "command": ["x", "y"], "cap_add": ["NET_ADMIN"],
+        "environment": ["A=1", "B=2"], "volumes": ["./in:/data/in:ro", "state:/data/state"],
+        "healthcheck": {"test": ["CMD", "a"], "interval": "5s"}}}, "volumes": {"state": None}}
+    override = {"services": {"s": {
+        "image": "b", "command": ["z"], "cap_add": ["LEASE"], "environment": {"B": "3"},
+        "volumes": ["./in:/data/in:rw"], "healthcheck": {"test": ["CMD", "b"]}}}}
+    service = _merge_files(base, override)["services"]["s"]
+    assert service["image"] == "b" and service["command"] == ["z"]
+    assert service["cap_add"] == ["NET_ADMIN", "LEASE"]
+    assert service["environment"] == {"A": "1", "B": "3"}
+    assert service["healthcheck"] == {"test": ["CMD", "b"], "interval": "5s"}
+    assert _volume_at(service, "/data/in")["read_only"] is False
+    assert _volume_at(service, "/data/state")["source"] == "state"
+    assert len(service["volumes"]) == 2
+
+
+def test_retention_is_off_without_the_override(compose: dict[str, Any]) -> None:
+    """The base file (and the image) set no retention option and add no capability."""
+    env = _container_env("processor", compose)  # the image's ENV and compose's
+    assert not set(RETENTION_OPTIONS) & set(env), "retention must stay off by default"
+    assert "cap_add" not in compose["services"]["processor"]
+
+
+def test_the_retention_override_changes_the_processor_only(retention: dict[str, Any]) -> None:
+    """No new service, volume or top-level key: the override only adjusts the processor."""
+    assert set(retention) == {"services"}
+    assert set(retention["services"]) == {"processor"}
+
+
+def test_retention_mounts_the_input_read_write_in_place_of_the_read_only_mount(
+    compose: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """Merged, the watch dir is one bind of ./input_files, read-write; the state volume
+    and the other mounts are unchanged."""
+    processor = merged["services"]["processor"]
+    watch_dir = _container_env("processor", merged)["PROCESSOR_WATCH_DIR"]
+    mounts = [v for v in _volumes(processor)
+              if PurePosixPath(v["target"]) == PurePosixPath(watch_dir)]
+    assert len(mounts) == 1, mounts
+    assert mounts[0]["type"] == "bind"
+    assert PurePosixPath(mounts[0]["source"]) == PurePosixPath("input_files")
+    assert mounts[0].get("read_only") is False
+    others = [v for v in _volumes(processor) if v is not mounts[0]]
+    base_others = [v for v in _volumes(compose["services"]["processor"])
+                   if PurePosixPath(v["target"]) != PurePosixPath(watch_dir)]
+    assert others == base_others
+
+
+def test_retention_adds_cap_lease(merged: dict[str, Any]) -> None:
+    """CAP_LEASE, for the read lease on files the processor does not own."""
+    caps = {str(cap).upper().removeprefix("CAP_")
+            for cap in merged["services"]["processor"].get("cap_add") or []}
+    assert "LEASE" in caps
+    assert "ALL" not in caps and "SYS_ADMIN" not in caps
+
+
+def test_retention_options_default_to_valid_values(
+    retention: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """PROCESSOR_DELETE_AFTER and PROCESSOR_MIN_FREE come from .env with a default that
+    parses as the processor parses it (empty: off). PROCESSOR_DELETE_AFTER is
+    ${VAR-default}, so that .env can set it empty to use --min-free alone."""
+    raw = _environment(retention["services"]["processor"])
+    for name, operator in zip(RETENTION_OPTIONS, ("-", ":-"), strict=True):
+        match = _VAR.fullmatch(raw.get(name, ""))
+        assert match and match.group(1) == name and match.group(2) == operator, raw.get(name)
+    env = _container_env("processor", merged)
+    assert parse_duration(env["PROCESSOR_DELETE_AFTER"]) >= 0
+    if env["PROCESSOR_MIN_FREE"]:
+        parse_min_free(env["PROCESSOR_MIN_FREE"])
+
+
+def test_retention_runs_as_the_image_user_unless_told(
+    retention: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """`user:` is ${RECORDER_USER:-<the image's USER>}: unchanged unless .env sets the
+    recorder's uid:gid."""
+    raw = str(retention["services"]["processor"]["user"])
+    match = _VAR.fullmatch(raw)
+    assert match and match.group(1) == "RECORDER_USER" and match.group(2) == ":-", raw
+    assert _interpolate(str(merged["services"]["processor"]["user"])) == _image_user()
+
+
+def test_env_example_switches_retention_on_with_compose_file() -> None:
+    """.env.example names both files in COMPOSE_FILE, commented out (retention off)."""
+    text = ENV_EXAMPLE.read_text()
+    assert not re.search(r"^\s*COMPOSE_FILE=", text, re.M), "retention must stay off"
+    match = re.search(r"^#\s*COMPOSE_FILE=(\S+)\s*$", text, re.M)
+    assert match, "no commented COMPOSE_FILE line in .env.example"
+    assert match.group(1).split(":") == [COMPOSE_FILE.name, RETENTION_FILE.name]
 
 
 def test_base_image_defaults_to_python_311_or_312() -> None:

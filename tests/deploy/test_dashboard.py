@@ -33,7 +33,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Series Prometheus itself attaches to every target; the only ones used here.
 PROMETHEUS_BUILTINS = {"up"}
 
-# What issue 4 asks the dashboard to show, by the series that show it.
+# What issues 4 and 15 ask the dashboard to show, by the series that show it.
 REQUIRED_ON_DASHBOARD = {
     "processor_uploaded_bytes_total",             # throughput, bytes/s
     "processor_chunks_uploaded_total",            # chunks/s
@@ -49,6 +49,12 @@ REQUIRED_ON_DASHBOARD = {
     "processor_workers_configured",
     "processor_worker_restarts_total",
     "processor_s3_ready",
+    # issue 15 (local retention)
+    "processor_watch_dir_free_bytes",
+    "processor_min_free_bytes",
+    "processor_source_files_removed_total",       # by reason
+    "processor_source_bytes_removed_total",
+    "processor_retention_blocked_total",
 }
 
 # Grafana's macros, replaced by plausible values so that promtool can parse the query.
@@ -195,7 +201,7 @@ def test_every_metric_used_is_exported_by_the_service(
     assert not unknown, f"metrics the service does not export: {unknown}"
 
 
-def test_the_dashboard_shows_what_issue_4_asks_for(dashboard: dict[str, Any]) -> None:
+def test_the_dashboard_shows_what_issues_4_and_15_ask_for(dashboard: dict[str, Any]) -> None:
     used = set().union(*(metric_names(expr) for _, expr in dashboard_exprs(dashboard)))
     assert used >= REQUIRED_ON_DASHBOARD, f"not shown: {sorted(REQUIRED_ON_DASHBOARD - used)}"
 
