@@ -110,6 +110,7 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
                     _give_back(parent, hidden, name)
                     raise LeaseRefused("open_for_writing", "a writer opened it during removal")
                 os.unlink(hidden, dir_fd=parent)
+                _sync_directory(parent)
             finally:
                 try:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -117,6 +118,17 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
                     pass  # closing the descriptor releases it too
         finally:
             os.close(fd)
+
+
+def _sync_directory(parent: int) -> None:
+    """Make the rename and unlink durable before the record says "removed": after a
+    power cut the file must not come back under its hidden name, where no stream and
+    no recovery would look for it."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _give_back(parent: int, hidden: str, name: str) -> None:

@@ -99,6 +99,9 @@ class Retention:
         self.requested: dict[str, str] = {}        # stream id -> reason, from the supervisor
         self.unverified = 0                        # completed before retention existed
         self.removals: deque[Removal] = deque(maxlen=20)  # for /streams
+        # the tracker's touch: a changed file is handed back to be looked at (a change
+        # no file event reported, e.g. `touch`, then reopens the stream)
+        self.look_again: Callable[[str], None] = lambda rel_path: None
 
     # what is a candidate
     def recover(self) -> None:
@@ -273,9 +276,12 @@ class Retention:
         return True
 
     def _changed(self, c: _Candidate, detail: str) -> bool:
-        """The file is not what completion verified: never removed under this completion
-        (a change the tracker sees reopens the stream, which verifies it again)."""
+        """The file is not what completion verified: never removed under this completion.
+        The tracker looks at it again: a new size or mtime reopens the stream, whose next
+        completion verifies it again; a change of ctime alone keeps it here for good
+        (until a restart considers it again)."""
         metrics.RETENTION_BLOCKED.inc()
+        self.look_again(c.rel_path)
         self.log.warning("retention_blocked", stream_id=c.stream_id, rel_path=c.rel_path,
                          reason="changed_since_completion", detail=detail)
         self.discard(c.stream_id)

@@ -45,6 +45,7 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     retention = Retention(settings, store, wal, storage, log)
     tracker = StreamTracker(settings, store, wal, source, uploader, upload, finalizer, bucket,
                             retention, log)
+    retention.look_again = tracker.touch
 
     def close() -> None:
         upload.close()

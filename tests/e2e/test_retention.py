@@ -151,20 +151,22 @@ def test_a_file_held_open_by_its_writer_is_kept_until_closed(delete_at_once: Ser
 def test_changed_replaced_and_symlinked_files_are_never_removed(
         tmp_path: Path, s3: S3Endpoint) -> None:
     """``--delete-after 3s``: in that window one file's mode changes (ctime only: the
-    stream is not reopened, so only retention's own check can catch it) and another
-    is replaced by a new inode. A symlink is never a stream at all."""
+    stream is not reopened, so only retention's own check can catch it), one's mtime
+    is set (it is reopened and verified again: removed only after that second
+    completion) and another is replaced by a new inode. A symlink is never a stream."""
     outside = tmp_path / "outside.mp4"
     outside.write_bytes(b"x" * 1000)
     with service(tmp_path, s3, extra=["--delete-after", "3s"]) as svc:
         os.symlink(outside, svc.watch_dir / "link.mp4")
-        chmod, replace, plain = (svc.watch_dir / n for n in ("chmod.mp4", "replace.mp4",
-                                                             "plain.mp4"))
-        for path in (chmod, replace, plain):
+        chmod, replace, plain, touched = (
+            svc.watch_dir / n for n in ("chmod.mp4", "replace.mp4", "plain.mp4", "touched.mp4"))
+        for path in (chmod, replace, plain, touched):
             path.write_bytes(os.urandom(100_000))
-        for path in (chmod, replace):
+        for path in (chmod, replace, touched):
             svc.processor.wait_for_event("stream_completed",
                                          lambda e, p=path: e["rel_path"] == p.name)
         os.chmod(chmod, 0o600)
+        os.utime(touched, (1_600_000_000, 1_600_000_000))
         fresh = os.urandom(50_000)
         (svc.watch_dir / "new.tmp").write_bytes(fresh)
         os.rename(svc.watch_dir / "new.tmp", replace)
@@ -177,6 +179,13 @@ def test_changed_replaced_and_symlinked_files_are_never_removed(
                  if e.get("event") == "stream_detected" and e["rel_path"] == "replace.mp4"][0]
         assert event["stream_id"] != first["stream_id"] and event["size"] == len(fresh)
         assert outside.exists() and (svc.watch_dir / "link.mp4").is_symlink()
+        (gone,) = removed(svc, "touched.mp4")
+        names = [e["event"] for e in svc.processor.events()
+                 if e.get("stream_id") == gone["stream_id"]]
+        assert names.count("stream_completed") == 2
+        assert names.index("stream_reopened") < names.index("source_removed")
+        assert names.index("source_removed") > len(names) - 1 - names[::-1].index(
+            "stream_completed")
         assert not [e for e in svc.processor.events() if e.get("event") == "source_removed"
                     and e["rel_path"] in ("chmod.mp4", "link.mp4")]
         assert not [e for e in svc.processor.events() if e.get("event") == "source_removed"
