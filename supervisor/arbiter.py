@@ -99,7 +99,8 @@ class Supervisor:
             self._touch(rel)  # files present at start-up, after the watch started
         self.log.info("supervisor_started", workers=self.settings.workers,
                       watch_dir=str(self.settings.watch_dir), bucket=self.settings.s3_bucket,
-                      metrics_port=self.http.port if self.http else None)
+                      metrics_port=self.http.port if self.http else None,
+                      retention=self._retention_summary())
         try:
             while self.state is not State.STOPPED:
                 worker_changed, changes = self._wait()
@@ -114,6 +115,16 @@ class Supervisor:
                 self._selector.close()
             self._shutdown()
         return self.exit_code
+
+    def _retention_summary(self) -> str | None:
+        """Local retention as configured, for the start-up line (None: off)."""
+        s = self.settings
+        if not s.retention:
+            return None
+        parts = [f"delete_after={s.delete_after:g}s" if s.delete_after is not None else "",
+                 f"min_free={s.min_free}" if s.min_free is not None else "",
+                 "dry_run" if s.delete_dry_run else ""]
+        return " ".join(p for p in parts if p)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.put(SignalReceived(signum))

@@ -82,6 +82,7 @@ def test_finished_files_are_removed_only_once_safely_in_s3(
         # removed after the completion that wrote metadata.json, never before
         assert event_index(svc, "stream_completed", event["stream_id"]) < \
             event_index(svc, "source_removed", event["stream_id"])
+    assert svc.events("supervisor_started")[0]["retention"] == "delete_after=0s"
     values = svc.metrics()
     assert values['processor_source_files_removed_total{reason="delete_after"}'] == 3
     assert values['processor_source_bytes_removed_total{reason="delete_after"}'] == \
