@@ -5,9 +5,13 @@ The workers own the checkpoints, so they make every check and the removal itself
 (``worker.retention``); the supervisor only chooses. Each heartbeat lists the
 worker's oldest candidates; when free space is under the threshold the supervisor
 asks for as many of the oldest, over all workers, as cover the shortfall, and waits
-for them (a request counts as freed space until its worker stops listing it, or a
-minute has passed). When space is short and no file is safe it says so, at most
-once a minute, with the bytes still waiting for upload.
+for them. A request counts as freed space while it is open and, once its worker
+reports the file removed, for a few more seconds (a refused one is dropped), so that
+space a
+filesystem frees late, or not at all (a reader still holds the file, another hard
+link), is not answered by removing file after file every second; in a dry run, for
+as long as the file is there. When space is short and no file is safe it says so,
+at most once a minute, with the bytes still waiting for upload.
 
 Free space is read every second, so a completion is acted on within a second of
 its heartbeat. The gauges are exported whether or not ``--min-free`` is set.
@@ -29,7 +33,8 @@ from supervisor.slots import WorkerSlot
 __all__ = ["FreeSpaceKeeper"]
 
 CHECK_EVERY = 1.0
-REQUEST_EXPIRES = 60.0
+REQUEST_EXPIRES = 60.0   # a request its worker never acts on (busy, restarted)
+SETTLE_SECONDS = 5.0     # a handled request still counts as freed space this long
 BLOCKED_LOG_EVERY = 60.0
 
 
@@ -38,6 +43,7 @@ class _Request:
     slot: int
     size: int
     sent_at: float
+    handled_at: float | None = None
 
 
 class FreeSpaceKeeper:
@@ -86,13 +92,22 @@ class FreeSpaceKeeper:
             self._blocked(slots, free, wanted, now)
 
     def _settle(self, slots: Sequence[WorkerSlot], now: float) -> None:
-        """Forget requests their worker has handled (it no longer lists the stream:
-        removed, or refused and put off) or that are a minute old. In a dry run nothing
-        is freed, so a handled request keeps counting as if it had been."""
+        """Forget requests a while after their worker handled them (it no longer lists
+        the stream), or a minute after they were sent. In a dry run nothing is freed,
+        so a request keeps counting as if it had been."""
+        if self.dry_run:
+            return
         for stream_id, request in list(self.pending.items()):
-            listed = {r.stream_id for r in slots[request.slot].last_report.removable}
-            handled = stream_id not in listed and not self.dry_run
-            if handled or now - request.sent_at >= REQUEST_EXPIRES:
+            report = slots[request.slot].last_report
+            if request.handled_at is None and \
+                    stream_id not in {r.stream_id for r in report.removable}:
+                if stream_id not in {r.stream_id for r in report.removals}:
+                    del self.pending[stream_id]  # refused: the file is still there
+                    continue
+                request.handled_at = now
+            settled = request.handled_at is not None and \
+                now - request.handled_at >= SETTLE_SECONDS
+            if settled or now - request.sent_at >= REQUEST_EXPIRES:
                 del self.pending[stream_id]
 
     def _blocked(self, slots: Sequence[WorkerSlot], free: int, wanted: int, now: float) -> None:

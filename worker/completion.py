@@ -24,7 +24,7 @@ from worker.metadata import build_metadata
 from worker.multipart import FinalUpload
 from worker.prober import Prober
 from worker.settled import FileState
-from worker.source import SourceFiles
+from worker.source import SourceChanged, SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream, StreamState
 from worker.uploader import Uploader
@@ -67,13 +67,15 @@ class Finalizer:
         stream.make_durable()  # a stream with no chunk gets its first S3 object here
         clock = _PhaseClock()
         if stream.state is StreamState.RECORDING:
-            self.source.check_unchanged(stream.record)
+            before = self.source.check_unchanged(stream.record)
             for span in stream.completion_spans():
                 self.uploader.upload_chunk(stream, span)
                 self.live.pulse()
             clock.lap("tail")
             verified = self._verify(stream)
             verified_ctime_ns = self.source.check_unchanged(stream.record).st_ctime_ns
+            if verified_ctime_ns != before.st_ctime_ns:  # e.g. `touch -r`: same mtime
+                raise SourceChanged("file changed during finalization (ctime)")
             clock.lap("verify")
             media = self._probe(stream)
             clock.lap("probe")

@@ -67,6 +67,9 @@ class Worker:
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
+        # a broken read lease (local retention, worker/removal.py) signals its holder;
+        # the default action would end the worker. The break is read with F_GETLEASE.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.stop_requested = True

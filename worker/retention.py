@@ -10,13 +10,17 @@ first: its record is complete and current; the file is the state completion veri
 every chunk) at the exact size, by requests made now; and, under a read lease, no
 process has it open for writing (``worker.removal``).
 
-Crash safety: a ``remove`` intent is logged (fsynced) before the file is touched and
-the record marked after it. At start-up an intent left open is settled from the
-path: if the verified file is no longer there, the removal happened (or is finished
-now, if the file was left under its hidden name) and is recorded; otherwise the file
-stays a candidate. A crash can therefore never remove a file
-whose stream is not complete, and never lose the knowledge that a path's file was
-removed (so a new file there, even on a reused inode, is a new stream).
+Crash safety: before the file is touched, a ``remove`` intent is fsynced and the
+record marked removed (synced), so that from then on nothing can take a file at the
+path for this stream's file grown, even one that reuses the inode. If the file stays
+(a writer, a change), the mark is cleared again. At start-up an intent left open is
+settled from the directory (``worker.removal.settle``): the file untouched under its
+name clears the mark, anything else keeps it. A crash can therefore never remove a
+file whose stream is not complete, nor let a later file overwrite a removed one's
+objects in S3.
+
+A step tries a few candidates at most, calling the loop's heartbeat between them, and
+an S3 error pauses retention for a while: it never holds the worker's loop long.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +45,12 @@ from shared.timefmt import now as wall_now
 from worker.removal import (
     FileIdentity,
     LeaseRefused,
+    LeftHidden,
     NotTheVerifiedFile,
-    finish_removal,
+    Settled,
     hidden_name,
     remove_verified,
+    settle,
 )
 from worker.storage import Storage
 from worker.stream import Stream
@@ -59,7 +65,9 @@ RETRY_AFTER = {              # seconds before a refused candidate is tried again
     "s3_error": 30.0,
     "unlink_failed": 60.0,
 }
-LOG_WRITER_EVERY = 60.0      # open_for_writing is logged at most this often per file
+LOG_AGAIN_AFTER = 60.0       # a refusal is logged at most this often per file
+ONCE_PER_FILE = ("lease_unsupported", "lease_not_permitted")
+TRIES_PER_STEP = 4           # candidates tried in one step of the loop
 
 
 @dataclass
@@ -95,37 +103,48 @@ class Retention:
         self.log = log
         self.clock = clock
         self.candidates: dict[str, _Candidate] = {}
-        self._order: list[tuple[float, str]] = []  # (completed_at, stream_id), lazily pruned
+        self._order: list[tuple[float, str]] = []  # (completed_at, stream_id); stale
+        # entries (discarded, or completed again since) are skipped, and pruned
         self.requested: dict[str, str] = {}        # stream id -> reason, from the supervisor
+        self.paused_until = 0.0                    # after an S3 error
         self.unverified = 0                        # completed before retention existed
         self.removals: deque[Removal] = deque(maxlen=20)  # for /streams
-        # the tracker's touch: a changed file is handed back to be looked at (a change
-        # no file event reported, e.g. `touch`, then reopens the stream)
+        # hooks the tracker sets (worker.wiring): look at a path again (a change no file
+        # event reported, e.g. `touch`, then reopens the stream), and drop a stream it
+        # holds in memory (its record is about to say "removed")
         self.look_again: Callable[[str], None] = lambda rel_path: None
+        self.unload: Callable[[str], None] = lambda stream_id: None
 
     # what is a candidate
     def recover(self) -> None:
-        """Settle the ``remove`` intents a crash left open (before anything observes a
-        path): a removal that happened is recorded, one that did not is forgotten."""
+        """Settle the ``remove`` intents a crash left open, before anything observes a
+        path: the file untouched under its name is kept (the mark cleared), anything
+        else is recorded as removed."""
         for intent in self.wal.recovered():
             if intent.op != "remove":
                 continue
             record = self.store.stream(intent.stream_id)
-            if record is not None and record.source_removed is None and \
-                    self._gone(record, str(intent.fields.get("hidden", ""))):
-                Stream.source_removed(self.store, record, str(intent.fields.get("reason")),
-                                      wall_now())
-                self.log.info("source_removed", stream_id=record.stream_id,
-                              rel_path=record.rel_path, size=record.size,
-                              reason=intent.fields.get("reason"), recovered=True)
+            if record is not None and _eligible(record, marked_ok=True):
+                hidden = str(intent.fields.get("hidden") or hidden_name(record.stream_id))
+                self._settle(record, hidden, str(intent.fields.get("reason")))
             self.wal.done(intent)
 
-    def _gone(self, record: StreamRecord, hidden: str) -> bool:
+    def _settle(self, record: StreamRecord, hidden: str, reason: str) -> None:
         try:
-            return finish_removal(self.watch_dir, record.rel_path,
-                                  hidden or hidden_name(record.stream_id), record.ino)
+            outcome = settle(self.watch_dir, record.rel_path, hidden, identity_of(record))
         except OSError:
-            return False  # cannot tell: assume not removed (it stays a candidate)
+            outcome = Settled.REMOVED  # cannot tell: keep the mark (a later file is new)
+        fields = dict(stream_id=record.stream_id, rel_path=record.rel_path, size=record.size)
+        if outcome is Settled.KEPT:
+            if record.source_removed is not None:
+                Stream.source_removed(self.store, record, None, None)
+            return
+        if record.source_removed is None:
+            Stream.source_removed(self.store, record, reason, wall_now())
+        if outcome is Settled.LEFT_HIDDEN:
+            self.log.error("removal_left_hidden", hidden=hidden, **fields)
+        else:
+            self.log.info("source_removed", reason=reason, recovered=True, **fields)
 
     def consider(self, record: StreamRecord) -> None:
         """A completed stream (at start-up, or just completed) may become a candidate."""
@@ -138,6 +157,8 @@ class Retention:
         self.candidates[record.stream_id] = _Candidate(
             record.stream_id, record.rel_path, record.completed_at, record.size)
         bisect.insort(self._order, (record.completed_at, record.stream_id))
+        if len(self._order) > 2 * len(self.candidates) + 64:
+            self._order = [(t, s) for t, s in self._order if self._current(t, s)]
 
     def discard(self, stream_id: str) -> None:
         """The stream was reopened, forgotten or removed: no longer a candidate."""
@@ -148,45 +169,47 @@ class Retention:
         if stream_id in self.candidates:
             self.requested[stream_id] = reason
 
+    def _current(self, completed_at: float, stream_id: str) -> _Candidate | None:
+        c = self.candidates.get(stream_id)
+        return c if c is not None and c.completed_at == completed_at else None
+
+    def _ready(self, now: float) -> list[_Candidate]:
+        """Candidates in completion order that are not waiting after a refusal."""
+        found = []
+        for completed_at, stream_id in self._order:
+            c = self._current(completed_at, stream_id)
+            if c is not None and c.retry_at <= now and not c.dry_run_done:
+                found.append(c)
+        return found
+
     def removable(self, limit: int) -> tuple[Removable, ...]:
         """The oldest candidates not waiting after a refusal, for the heartbeat."""
-        now = self.clock()
-        found = []
-        for _, stream_id in self._order:
-            c = self.candidates.get(stream_id)
-            if c is not None and c.retry_at <= now and not c.dry_run_done:
-                found.append(Removable(c.stream_id, c.completed_at, c.size))
-                if len(found) >= limit:
-                    break
-        return tuple(found)
+        ready = self._ready(self.clock())[:limit]
+        return tuple(Removable(c.stream_id, c.completed_at, c.size) for c in ready)
 
     # the work
-    def step(self) -> bool:
-        """Try the candidates that are due or requested; True if any S3 or file work."""
-        if not self.candidates:
-            self._order.clear()
+    def step(self, between: Callable[[], None] = lambda: None) -> bool:
+        """Try a few candidates that are requested or due, calling ``between`` after
+        each; True if any S3 or file work was done."""
+        if not self.candidates or self.clock() < self.paused_until:
             return False
-        did = False
-        requested, self.requested = self.requested, {}
-        for stream_id, reason in requested.items():
-            c = self.candidates.get(stream_id)
-            if c is not None and c.retry_at <= self.clock():
-                did |= self._try(c, reason)
+        now = self.clock()
+        work = [(self.candidates[s], r) for s, r in self.requested.items()
+                if s in self.candidates and self.candidates[s].retry_at <= now]
         if self.delete_after is not None:
             due_before = wall_now() - self.delete_after
-            for c in self._due(due_before):
-                did |= self._try(c, "delete_after")
-        return did
-
-    def _due(self, due_before: float) -> Iterable[_Candidate]:
-        self._order = [(t, s) for t, s in self._order if s in self.candidates]
-        now = self.clock()
-        for completed_at, stream_id in list(self._order):
-            if completed_at > due_before:
+            work += [(c, "delete_after") for c in self._ready(now)
+                     if c.completed_at <= due_before]
+        did = False
+        for c, reason in work[:TRIES_PER_STEP]:
+            if c.stream_id not in self.candidates:
+                continue  # requested and due: tried once already
+            self.requested.pop(c.stream_id, None)
+            did |= self._try(c, reason)
+            between()
+            if self.clock() < self.paused_until:
                 break
-            c = self.candidates.get(stream_id)
-            if c is not None and c.retry_at <= now and not c.dry_run_done:
-                yield c
+        return did
 
     def _try(self, c: _Candidate, reason: str) -> bool:
         record = self.store.stream(c.stream_id)
@@ -207,6 +230,7 @@ class Retention:
         try:
             missing = self._missing_in_s3(record)
         except StorageError as exc:
+            self.paused_until = self.clock() + RETRY_AFTER["s3_error"]
             return self._refused(c, "s3_error", detail=exc.detail)
         if missing:
             return self._refused(c, "not_in_s3", detail=missing)
@@ -216,29 +240,39 @@ class Retention:
             c.dry_run_done = True
             self.log.info("source_would_remove", **fields)
             return True
+        return self._remove(c, record, reason, expected, fields)
+
+    def _remove(self, c: _Candidate, record: StreamRecord, reason: str,
+                expected: FileIdentity, fields: dict[str, Any]) -> bool:
         hidden = hidden_name(record.stream_id)
         intent = self.wal.begin("remove", stream_id=record.stream_id, index=-1,
                                 rel_path=record.rel_path, reason=reason, hidden=hidden)
+        self.unload(record.stream_id)
+        marked = Stream.source_removed(self.store, record, reason, wall_now())
         try:
             remove_verified(self.watch_dir, record.rel_path, expected, hidden)
-        except LeaseRefused as exc:
-            self.wal.done(intent)
-            return self._refused(c, exc.reason, detail=str(exc))
-        except NotTheVerifiedFile as exc:
-            self.wal.done(intent)
-            return self._changed(c, str(exc))
-        except FileNotFoundError:
-            self.wal.done(intent)
+        except LeftHidden as exc:
+            self.wal.done(intent)  # the name's new file is a new stream: the mark stays
             self.discard(c.stream_id)
+            self.log.error("removal_left_hidden", hidden=hidden, detail=str(exc), **fields)
             return True
-        except OSError as exc:
+        except (LeaseRefused, NotTheVerifiedFile) as exc:
+            Stream.source_removed(self.store, marked, None, None)
             self.wal.done(intent)
+            if isinstance(exc, LeaseRefused):
+                return self._refused(c, exc.reason, detail=str(exc))
+            return self._changed(c, str(exc))
+        except OSError as exc:  # where did it stay? the directory says
+            self.wal.done(intent)
+            self._settle(marked, hidden, reason)
+            if self.store.stream(record.stream_id) == marked:
+                self.discard(c.stream_id)
+                return True
             return self._refused(c, "unlink_failed", detail=exc.strerror)
-        removed = Stream.source_removed(self.store, record, reason, wall_now())
         self.wal.done(intent)
         self.discard(c.stream_id)
         self.removals.append(Removal(record.stream_id, record.rel_path, record.size, reason,
-                                     removed.source_removed_at or 0.0))
+                                     marked.source_removed_at or 0.0))
         metrics.SOURCE_FILES_REMOVED.labels(reason=reason).inc()
         metrics.SOURCE_BYTES_REMOVED.labels(reason=reason).inc(record.size)
         self.log.info("source_removed", **fields)
@@ -257,8 +291,9 @@ class Retention:
         chunks = self.store.chunks(record.stream_id)  # not assembled: every chunk, then
         if not chunks or chunks[-1].end != record.size:
             return "no final object, and the chunks do not cover the file"
+        listed = self.storage.sizes_under(keys.chunks_prefix)
         for chunk in chunks:
-            if self.storage.object_size(keys.chunk(chunk.index)) != chunk.size:
+            if listed.get(keys.chunk(chunk.index)) != chunk.size:
                 return f"chunk {chunk.index} missing or of another size"
         return None
 
@@ -268,8 +303,7 @@ class Retention:
         c.retry_at = now + RETRY_AFTER[reason]
         metrics.RETENTION_BLOCKED.inc()
         last = c.logged.get(reason)
-        once = reason in ("lease_unsupported", "lease_not_permitted")
-        if last is None or (not once and now - last >= LOG_WRITER_EVERY):
+        if last is None or (reason not in ONCE_PER_FILE and now - last >= LOG_AGAIN_AFTER):
             c.logged[reason] = now
             self.log.warning("retention_blocked", stream_id=c.stream_id, rel_path=c.rel_path,
                              reason=reason, detail=detail, retry_in=RETRY_AFTER[reason])
@@ -288,6 +322,8 @@ class Retention:
         return True
 
 
-def _eligible(record: StreamRecord) -> bool:
+def _eligible(record: StreamRecord, marked_ok: bool = False) -> bool:
+    """Complete (not ended early) and, unless ``marked_ok``, not marked removed."""
     return (record.status is StreamStatus.COMPLETE and record.end_reason is None
-            and record.source_removed is None and record.completed_at is not None)
+            and record.completed_at is not None
+            and (marked_ok or record.source_removed is None))

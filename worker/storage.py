@@ -177,6 +177,19 @@ class Storage:
         self._call("put_metadata", self.client.put_object, Key=key, Body=body,
                    ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body))
 
+    def sizes_under(self, prefix: str) -> dict[str, int]:
+        """The size of every object under ``prefix``: one request per 1,000 keys."""
+        sizes: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list_objects", self.client.list_objects_v2, Prefix=prefix,
+                              **extra)
+            sizes.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sizes
+
     def delete_keys(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start:start + 1000]]

@@ -80,11 +80,12 @@ class Stream:
         return cls(store, record, [], keys)
 
     @staticmethod
-    def source_removed(store: CheckpointStore, record: StreamRecord, reason: str,
-                       at: float) -> StreamRecord:
-        """COMPLETE, its file removed by local retention: the path's next file is a new
-        stream, whatever inode it gets."""
-        removed = record.evolve(source_removed=reason, source_removed_at=at)
+    def source_removed(store: CheckpointStore, record: StreamRecord, reason: str | None,
+                       at: float | None) -> StreamRecord:
+        """COMPLETE, its file (about to be) removed by local retention: the path's next
+        file is a new stream, whatever inode it gets. Recorded before the file is touched
+        and cleared again (``reason`` None) if it stays."""
+        removed = record.with_extra(source_removed=reason, source_removed_at=at)
         store.save_stream(removed)
         return removed
 
@@ -197,8 +198,9 @@ class Stream:
         """RECORDING -> COMPLETE, or ENDING -> ENDED: metadata.json is written.
         ``verified_ctime_ns`` is the file's ctime when completion verified it (with the
         record's inode, size and mtime: the state local retention requires unchanged)."""
-        self._save(self.record.evolve(status=StreamStatus.COMPLETE, completed_at=completed_at,
-                                      upload_id=None, verified_ctime_ns=verified_ctime_ns))
+        record = self.record.evolve(status=StreamStatus.COMPLETE, completed_at=completed_at,
+                                    upload_id=None)
+        self._save(record.with_extra(verified_ctime_ns=verified_ctime_ns or None))
 
     def reopen(self, keep_chunks: bool) -> None:
         """COMPLETE -> RECORDING: the file grew after completion. A short last chunk is

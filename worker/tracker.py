@@ -144,7 +144,7 @@ class StreamTracker:
             did |= self._attempt(stream)
             between()
         did |= self.upload.copy_ahead(self.streams, self.clock())
-        did |= self.retention.step()
+        did |= self.retention.step(between)
         return did
 
     def _sync_new_streams(self) -> None:
@@ -264,7 +264,7 @@ class StreamTracker:
             return
         if record.end_reason is not None:
             return  # an old lineage being finalized; the path has a new one
-        if record.source_removed is not None:
+        if record.source_removed is not None and state is StreamState.COMPLETE:
             # retention removed its file: this one is new, even on a reused inode
             self._unload(stream)
             self._new_stream(record.rel_path, st, reason="new")
@@ -340,6 +340,13 @@ class StreamTracker:
         if stream.record.end_reason is None:
             self.current[stream.rel_path] = stream.stream_id
         return stream
+
+    def unload_stream(self, stream_id: str) -> None:
+        """Drop a completed stream held in memory (local retention is about to mark its
+        record removed: the next look at its path reads the record again)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.state.unfinished:
+            self._unload(stream)
 
     def _unload(self, stream: Stream) -> None:
         self.streams.pop(stream.stream_id, None)

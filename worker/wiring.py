@@ -46,6 +46,7 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     tracker = StreamTracker(settings, store, wal, source, uploader, upload, finalizer, bucket,
                             retention, log)
     retention.look_again = tracker.touch
+    retention.unload = tracker.unload_stream
 
     def close() -> None:
         upload.close()

@@ -86,12 +86,31 @@ class StreamRecord:
     reopen_count: int = 0
     chunks_reuploaded: int = 0
     upload_id: str | None = None
+    # fields added later live here, so that an earlier release still reads the record
     extra: dict[str, Any] = field(default_factory=dict)
-    # local retention (contract §7): the file's ctime when completion verified it (0:
-    # completed by a release before retention, never removed), and its removal
-    verified_ctime_ns: int = 0
-    source_removed: str | None = None      # the reason: delete_after | min_free
-    source_removed_at: float | None = None
+
+    @property
+    def verified_ctime_ns(self) -> int:
+        """The file's ctime when completion verified it (local retention, contract §7);
+        0: completed by a release before retention, never removed."""
+        return int(self.extra.get("verified_ctime_ns", 0))
+
+    @property
+    def source_removed(self) -> str | None:
+        """Why local retention removed the file (``delete_after``, ``min_free``), set
+        before the file is touched and cleared again if it stays; None: not removed."""
+        value = self.extra.get("source_removed")
+        return None if value is None else str(value)
+
+    @property
+    def source_removed_at(self) -> float | None:
+        value = self.extra.get("source_removed_at")
+        return None if value is None else float(value)
+
+    def with_extra(self, **changes: Any) -> StreamRecord:
+        """The record with ``extra`` fields set (None removes one)."""
+        extra = {**self.extra, **changes}
+        return replace(self, extra={k: v for k, v in extra.items() if v is not None})
 
     @property
     def last_write_at(self) -> float:

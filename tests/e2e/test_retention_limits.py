@@ -199,3 +199,67 @@ def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoi
                     and d["total_size_bytes"] == len(data)]
         assert matching, f"{name} ({len(data)} bytes) removed but not in S3 (seed {seed})"
         check_stream(svc.client, svc.bucket, matching[-1], bytes(data))
+
+
+@contextlib.contextmanager
+def ext4(path: Path, image: Path) -> Iterator[None]:
+    """A 64 MiB ext4 at ``path`` (loop mount), which hands a freed inode to the next
+    file created, as the recorders' disks do."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("a loop-mounted ext4 needs root and e2fsprogs: the reused-inode "
+                    "recovery is covered by tests/worker/test_removal.py only")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_crash_mid_removal_never_lets_a_new_file_overwrite_the_old_recording(
+        tmp_path: Path, s3: S3Endpoint) -> None:
+    """The worst moment for a crash: the file unlinked, the removal not yet recorded
+    (the state is rewritten to exactly that after a kill -9), and the recorder's next
+    file at the same name on the freed inode. The restart must take it for a new
+    recording: the removed one's object in S3 stays as it was."""
+    from shared.state.layout import StateDir
+    from shared.state.store import CheckpointStore
+    from shared.state.wal import WriteAheadLog
+    from tests.support.bucket import read_object
+    from worker.removal import hidden_name
+
+    with ext4(tmp_path / "in", tmp_path / "disk.img"), \
+            service(tmp_path, s3, workers=1, extra=["--delete-after", "0s"]) as svc:
+        path, old = svc.watch_dir / "b.mp4", os.urandom(300_000)
+        path.write_bytes(old)
+        inode = path.stat().st_ino
+        (event,) = svc.processor.wait_for_event("source_removed",
+                                                lambda e: e["rel_path"] == "b.mp4")
+        stream_id = event["stream_id"]
+        (doc,) = [d for d in metadata_documents(svc.client, svc.bucket)
+                  if d["stream_id"] == stream_id]
+        svc.processor.kill9()
+        directory = StateDir(svc.processor.state_dir).worker(0)
+        store, wal = CheckpointStore(directory), WriteAheadLog(directory)
+        record = store.stream(stream_id)
+        assert record is not None and record.source_removed == "delete_after"
+        store.save_stream(record.with_extra(source_removed=None, source_removed_at=None))
+        wal.begin("remove", stream_id=stream_id, index=-1, rel_path="b.mp4",
+                  reason="delete_after", hidden=hidden_name(stream_id))
+        store.close()
+        wal.close()
+        new = os.urandom(500_000)
+        path.write_bytes(new)
+        assert path.stat().st_ino == inode  # the hard case: the freed inode, reused
+        svc.processor.start()
+        (again,) = svc.processor.wait_for_event(
+            "source_removed", lambda e: e["rel_path"] == "b.mp4" and not e.get("recovered"),
+            timeout=90)
+        assert again["stream_id"] != stream_id and again["size"] == len(new)
+        assert read_object(svc.client, svc.bucket, doc["object_key"]) == old
+        (new_doc,) = [d for d in metadata_documents(svc.client, svc.bucket)
+                      if d["stream_id"] == again["stream_id"]]
+        check_stream(svc.client, svc.bucket, new_doc, new)
+        assert not [e for e in svc.processor.events() if e.get("event") == "stream_reopened"]
