@@ -34,7 +34,7 @@ __all__ = ["FreeSpaceKeeper"]
 
 CHECK_EVERY = 1.0
 REQUEST_EXPIRES = 60.0   # a request its worker never acts on (busy, restarted)
-SETTLE_SECONDS = 5.0     # a handled request still counts as freed space this long
+SETTLE_SECONDS = 2.0     # a removal still counts as freed space this long after it
 BLOCKED_LOG_EVERY = 60.0
 
 

@@ -64,7 +64,7 @@ def test_min_free_removes_oldest_safe_files_first(tmp_path: Path, s3: S3Endpoint
     finished file goes, until only the open one is left, which is never removed while
     its writer holds it (``nothing_safe``); once it is closed it goes too."""
     with tmpfs(tmp_path / "in", 40), \
-            service(tmp_path, s3, extra=["--min-free", "20MiB"]) as svc:
+            service(tmp_path, s3, stream_timeout=1.0, extra=["--min-free", "20MiB"]) as svc:
         watch = svc.watch_dir
         threshold = 20 * MiB
 
@@ -170,7 +170,8 @@ def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoi
     written: dict[str, bytearray] = {}
     lineages: list[bytearray] = []  # growing.mp4, one entry per file that had the name
     kills = 0
-    with service(tmp_path, s3, extra=["--delete-after", "0s"]) as svc:
+    with service(tmp_path, s3, workers=1, stream_timeout=1.0,
+                 extra=["--delete-after", "0s"]) as svc:
         watch = svc.watch_dir
         growing = watch / "growing.mp4"
         for cycle in range(10):
@@ -183,7 +184,7 @@ def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoi
                 if append(growing, more):
                     lineages.append(bytearray())
                 lineages[-1].extend(more)
-            time.sleep(rng.uniform(0.5, 3.5))
+            time.sleep(rng.uniform(0.3, 2.5))  # before, during or after its completion
             svc.processor.kill9()
             kills += 1
             svc.processor.start()
