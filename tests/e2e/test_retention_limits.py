@@ -194,12 +194,13 @@ def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoi
                    180, f"every file removed (seed {seed})", svc.processor.tail)
     assert kills >= 10
     docs = list(metadata_documents(svc.client, svc.bucket))
-    expected = [*written.items(), *(("growing.mp4", data) for data in lineages)]
-    for name, data in expected:
+    expected: list[tuple[str, bytearray]] = [
+        *written.items(), *(("growing.mp4", data) for data in lineages)]
+    for name, content in expected:
         matching = [d for d in docs if d["source_path"] == name
-                    and d["total_size_bytes"] == len(data)]
-        assert matching, f"{name} ({len(data)} bytes) removed but not in S3 (seed {seed})"
-        check_stream(svc.client, svc.bucket, matching[-1], bytes(data))
+                    and d["total_size_bytes"] == len(content)]
+        assert matching, f"{name} ({len(content)} bytes) removed but not in S3 (seed {seed})"
+        check_stream(svc.client, svc.bucket, matching[-1], bytes(content))
 
 
 @contextlib.contextmanager
