@@ -6,12 +6,12 @@ The workers own the checkpoints, so they make every check and the removal itself
 worker's oldest candidates; when free space is under the threshold the supervisor
 asks for as many of the oldest, over all workers, as cover the shortfall, and waits
 for them. A request counts as freed space while it is open and, once its worker
-reports the file removed, for a few more seconds (a refused one is dropped), so that
-space a
-filesystem frees late, or not at all (a reader still holds the file, another hard
-link), is not answered by removing file after file every second; in a dry run, for
-as long as the file is there. When space is short and no file is safe it says so,
-at most once a minute, with the bytes still waiting for upload.
+reports the file removed, until free space has grown by the file's size since the
+request (at most 30 s; a refused request is dropped at once), so that space a
+filesystem frees late, or not at all (a reader still holds the file), is not
+answered by removing file after file every second. In a dry run it counts for good.
+When space is short and no file is safe it says so, at most once a minute, with the
+bytes still waiting for upload.
 
 Free space is read every second, so a completion is acted on within a second of
 its heartbeat. The gauges are exported whether or not ``--min-free`` is set.
@@ -34,7 +34,7 @@ __all__ = ["FreeSpaceKeeper"]
 
 CHECK_EVERY = 1.0
 REQUEST_EXPIRES = 60.0   # a request its worker never acts on (busy, restarted)
-SETTLE_SECONDS = 2.0     # a removal still counts as freed space this long after it
+SETTLE_AT_MOST = 30.0    # a removal counts as freed space until seen, or this long
 BLOCKED_LOG_EVERY = 60.0
 
 
@@ -43,6 +43,7 @@ class _Request:
     slot: int
     size: int
     sent_at: float
+    free_at_send: int
     handled_at: float | None = None
 
 
@@ -74,7 +75,7 @@ class FreeSpaceKeeper:
             return
         wanted = self.min_free.required(total)
         metrics.MIN_FREE_BYTES.set(wanted)
-        self._settle(slots, now)
+        self._settle(slots, now, free)
         if free >= wanted:
             return
         shortfall = wanted - free - sum(r.size for r in self.pending.values())
@@ -86,15 +87,16 @@ class FreeSpaceKeeper:
             if shortfall <= 0:
                 break
             if slot.send(Remove(removable.stream_id, "min_free")):
-                self.pending[removable.stream_id] = _Request(slot.index, removable.size, now)
+                self.pending[removable.stream_id] = _Request(slot.index, removable.size, now,
+                                                             free)
                 shortfall -= removable.size
         if shortfall > 0 and not offered and not self.pending:
             self._blocked(slots, free, wanted, now)
 
-    def _settle(self, slots: Sequence[WorkerSlot], now: float) -> None:
-        """Forget requests a while after their worker handled them (it no longer lists
-        the stream), or a minute after they were sent. In a dry run nothing is freed,
-        so a request keeps counting as if it had been."""
+    def _settle(self, slots: Sequence[WorkerSlot], now: float, free: int) -> None:
+        """Forget requests refused, or removed and seen in the free space (or not seen
+        for too long), or a minute old and never acted on. In a dry run nothing is
+        freed, so a request keeps counting as if it had been."""
         if self.dry_run:
             return
         for stream_id, request in list(self.pending.items()):
@@ -105,9 +107,11 @@ class FreeSpaceKeeper:
                     del self.pending[stream_id]  # refused: the file is still there
                     continue
                 request.handled_at = now
-            settled = request.handled_at is not None and \
-                now - request.handled_at >= SETTLE_SECONDS
-            if settled or now - request.sent_at >= REQUEST_EXPIRES:
+            seen = free >= request.free_at_send + request.size * 0.9
+            settled = request.handled_at is not None and (
+                seen or now - request.handled_at >= SETTLE_AT_MOST)
+            if settled or (request.handled_at is None
+                           and now - request.sent_at >= REQUEST_EXPIRES):
                 del self.pending[stream_id]
 
     def _blocked(self, slots: Sequence[WorkerSlot], free: int, wanted: int, now: float) -> None:

@@ -24,7 +24,7 @@ from worker.metadata import build_metadata
 from worker.multipart import FinalUpload
 from worker.prober import Prober
 from worker.settled import FileState
-from worker.source import SourceChanged, SourceFiles
+from worker.source import SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream, StreamState
 from worker.uploader import Uploader
@@ -74,8 +74,11 @@ class Finalizer:
             clock.lap("tail")
             verified = self._verify(stream)
             verified_ctime_ns = self.source.check_unchanged(stream.record).st_ctime_ns
-            if verified_ctime_ns != before.st_ctime_ns:  # e.g. `touch -r`: same mtime
-                raise SourceChanged("file changed during finalization (ctime)")
+            if verified_ctime_ns != before.st_ctime_ns:
+                # changed during verification with size and mtime kept (`touch -r`, a
+                # chmod): what was verified is unknown, so local retention never
+                # removes this file (0), until a change reopens the stream
+                verified_ctime_ns = 0
             clock.lap("verify")
             media = self._probe(stream)
             clock.lap("probe")

@@ -13,11 +13,13 @@ the lease (the kernel breaks it, and the open completes once it is released), an
 would then write to a file no longer in any directory. So the name is first renamed
 to a hidden one in the same directory, where no writer looks; if the lease shows a
 break pending after that, a writer got in first, and the name is given back. Only
-then is the hidden name unlinked. What remains is a writer whose open() found the
-file by its old name before the rename yet reaches the lease check only after ours
-(one system call racing four of ours). The lease break's signal (SIGIO) would kill
-the process: the worker ignores it (``worker.process``), and this module reads the
-break with ``F_GETLEASE`` instead.
+then is the hidden name unlinked (after checking the hidden name holds the leased
+inode: a new file renamed over the name in between is given back). What remains is
+a writer whose open() found the file by its old name before the rename yet reaches
+the lease check only after ours (one system call racing five of ours): the lease is
+read once more after the unlink, so that this case is at least reported. The lease
+break's signal (SIGIO) would kill the process: the worker ignores it
+(``worker.process``), and this module reads the break with ``F_GETLEASE`` instead.
 
 After a crash, ``settle`` tells from the directory what happened to a removal that
 was under way: the file still under its name untouched, left under its hidden name
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from shared.paths import parent_beneath
 
-__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "LeftHidden",
+__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "LeftHidden", "WriterRaced",
            "remove_verified", "hidden_name", "Settled", "settle"]
 
 _REASONS = {
@@ -85,6 +87,12 @@ class LeaseRefused(Exception):
 
 class NotTheVerifiedFile(Exception):
     """The path no longer holds the verified state (changed, replaced or renamed)."""
+
+
+class WriterRaced(Exception):
+    """The race this module cannot close (see the module doc) happened: the file was
+    removed, and a writer that had found it by name opened it just after the check.
+    What it writes now goes to a removed file: said loudly, for the operator."""
 
 
 class LeftHidden(NotTheVerifiedFile):
@@ -149,10 +157,16 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
         if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
             raise NotTheVerifiedFile("the name now leads to another file")
         _rename(parent, name, hidden)
+        moved = os.stat(hidden, dir_fd=parent, follow_symlinks=False)
+        if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino):
+            _give_back(parent, hidden, name)  # a new file was renamed over the name
+            raise NotTheVerifiedFile("the name now leads to another file")
         if not _still_leased(fd):
             _give_back(parent, hidden, name)
             raise LeaseRefused("open_for_writing", "a writer opened it during removal")
         os.unlink(hidden, dir_fd=parent)
+        if not _still_leased(fd):
+            raise WriterRaced("a writer opened the file by its old name during the removal")
     _sync_directory(watch_dir, rel_path)
 
 
@@ -181,8 +195,8 @@ def settle(watch_dir: Path, rel_path: str, hidden: str, expected: FileIdentity) 
                 left = os.stat(hidden, dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
                 return Settled.REMOVED
-            if not expected.same_content(left):
-                return Settled.REMOVED  # not ours to touch (it cannot be: a dot name)
+            if (left.st_dev, left.st_ino) != (expected.dev, expected.ino):
+                return Settled.REMOVED  # not our file: left alone
             try:
                 with _leased(parent, hidden) as fd:
                     if expected.same_content(os.fstat(fd)) and _still_leased(fd):
@@ -190,6 +204,8 @@ def settle(watch_dir: Path, rel_path: str, hidden: str, expected: FileIdentity) 
                         return Settled.REMOVED
             except (LeaseRefused, NotTheVerifiedFile):
                 pass
+            # a writer holds it, or wrote to it: it goes back under its name, where the
+            # stream sees the new bytes (and reopens)
             try:
                 _give_back(parent, hidden, name)
             except LeftHidden:
@@ -209,7 +225,12 @@ def _rename(parent: int, old: str, new: str) -> None:
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
     libc = _LIBC
-    if libc.renameat2(parent, old.encode(), parent, new.encode(), _RENAME_NOREPLACE) != 0:
+    rename = getattr(libc, "renameat2", None)
+    if rename is None:  # glibc < 2.28: a hard link fails on an existing name, too
+        os.link(old, new, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+        os.unlink(old, dir_fd=parent)
+        return
+    if rename(parent, os.fsencode(old), parent, os.fsencode(new), _RENAME_NOREPLACE) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), new)
 

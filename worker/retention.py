@@ -38,16 +38,19 @@ from shared.messages import Removable, Removal
 from shared.paths import lstat_beneath
 from shared.s3 import StorageError
 from shared.settings import Settings
+from shared.state.errors import StateWriteError
 from shared.state.records import StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog
 from shared.timefmt import now as wall_now
+from worker.liveness import Draining
 from worker.removal import (
     FileIdentity,
     LeaseRefused,
     LeftHidden,
     NotTheVerifiedFile,
     Settled,
+    WriterRaced,
     hidden_name,
     remove_verified,
     settle,
@@ -64,6 +67,8 @@ RETRY_AFTER = {              # seconds before a refused candidate is tried again
     "not_in_s3": 60.0,
     "s3_error": 30.0,
     "unlink_failed": 60.0,
+    "other_links": 300.0,
+    "internal": 60.0,
 }
 LOG_AGAIN_AFTER = 60.0       # a refusal is logged at most this often per file
 ONCE_PER_FILE = ("lease_unsupported", "lease_not_permitted")
@@ -107,8 +112,9 @@ class Retention:
         # entries (discarded, or completed again since) are skipped, and pruned
         self.requested: dict[str, str] = {}        # stream id -> reason, from the supervisor
         self.paused_until = 0.0                    # after an S3 error
+        self.unverified_logging = False            # set once start-up has loaded
         self.unverified = 0                        # completed before retention existed
-        self.removals: deque[Removal] = deque(maxlen=20)  # for /streams
+        self.removals: deque[Removal] = deque(maxlen=64)  # for /streams, the supervisor
         # hooks the tracker sets (worker.wiring): look at a path again (a change no file
         # event reported, e.g. `touch`, then reopens the stream), and drop a stream it
         # holds in memory (its record is about to say "removed")
@@ -126,32 +132,45 @@ class Retention:
             record = self.store.stream(intent.stream_id)
             if record is not None and _eligible(record, marked_ok=True):
                 hidden = str(intent.fields.get("hidden") or hidden_name(record.stream_id))
-                self._settle(record, hidden, str(intent.fields.get("reason")))
+                if not self._settle(record, hidden, str(intent.fields.get("reason"))):
+                    continue  # the intent stays open: settled at the next start
             self.wal.done(intent)
 
-    def _settle(self, record: StreamRecord, hidden: str, reason: str) -> None:
+    def _settle(self, record: StreamRecord, hidden: str, reason: str) -> bool:
+        """Record what became of a removal under way; False if the directory could not
+        tell (the record keeps its mark meanwhile: a file at the path is a new stream)."""
         try:
             outcome = settle(self.watch_dir, record.rel_path, hidden, identity_of(record))
-        except OSError:
-            outcome = Settled.REMOVED  # cannot tell: keep the mark (a later file is new)
+        except OSError as exc:
+            if record.source_removed is None:
+                Stream.source_removed(self.store, record, reason, wall_now())
+            self.log.error("removal_unsettled", stream_id=record.stream_id,
+                           rel_path=record.rel_path, hidden=hidden, error=exc.strerror)
+            return False
         fields = dict(stream_id=record.stream_id, rel_path=record.rel_path, size=record.size)
         if outcome is Settled.KEPT:
             if record.source_removed is not None:
                 Stream.source_removed(self.store, record, None, None)
-            return
+            self.look_again(record.rel_path)  # given back with new bytes: reopened
+            return True
         if record.source_removed is None:
             Stream.source_removed(self.store, record, reason, wall_now())
         if outcome is Settled.LEFT_HIDDEN:
             self.log.error("removal_left_hidden", hidden=hidden, **fields)
         else:
             self.log.info("source_removed", reason=reason, recovered=True, **fields)
+        return True
 
     def consider(self, record: StreamRecord) -> None:
         """A completed stream (at start-up, or just completed) may become a candidate."""
         if not self.enabled or not _eligible(record):
             return
         if not record.verified_ctime_ns:
-            self.unverified += 1
+            self.unverified += 1  # logged once at start-up, or here for a fresh one
+            if self.unverified_logging:
+                self.log.warning("retention_blocked", stream_id=record.stream_id,
+                                 rel_path=record.rel_path, reason="not_verified",
+                                 detail="its ctime moved while completion verified it")
             return
         assert record.completed_at is not None
         self.candidates[record.stream_id] = _Candidate(
@@ -173,10 +192,14 @@ class Retention:
         c = self.candidates.get(stream_id)
         return c if c is not None and c.completed_at == completed_at else None
 
-    def _ready(self, now: float) -> list[_Candidate]:
-        """Candidates in completion order that are not waiting after a refusal."""
-        found = []
+    def _ready(self, now: float, completed_before: float = float("inf"),
+               limit: int | None = None) -> list[_Candidate]:
+        """Candidates in completion order that are not waiting after a refusal: those
+        completed before ``completed_before``, at most ``limit``."""
+        found: list[_Candidate] = []
         for completed_at, stream_id in self._order:
+            if completed_at > completed_before or len(found) == limit:
+                break
             c = self._current(completed_at, stream_id)
             if c is not None and c.retry_at <= now and not c.dry_run_done:
                 found.append(c)
@@ -184,7 +207,7 @@ class Retention:
 
     def removable(self, limit: int) -> tuple[Removable, ...]:
         """The oldest candidates not waiting after a refusal, for the heartbeat."""
-        ready = self._ready(self.clock())[:limit]
+        ready = self._ready(self.clock(), limit=limit)
         return tuple(Removable(c.stream_id, c.completed_at, c.size) for c in ready)
 
     # the work
@@ -197,15 +220,21 @@ class Retention:
         work = [(self.candidates[s], r) for s, r in self.requested.items()
                 if s in self.candidates and self.candidates[s].retry_at <= now]
         if self.delete_after is not None:
-            due_before = wall_now() - self.delete_after
-            work += [(c, "delete_after") for c in self._ready(now)
-                     if c.completed_at <= due_before]
+            work += [(c, "delete_after") for c in self._ready(
+                now, completed_before=wall_now() - self.delete_after, limit=TRIES_PER_STEP)]
         did = False
         for c, reason in work[:TRIES_PER_STEP]:
             if c.stream_id not in self.candidates:
                 continue  # requested and due: tried once already
             self.requested.pop(c.stream_id, None)
-            did |= self._try(c, reason)
+            try:
+                did |= self._try(c, reason)
+            except (StateWriteError, Draining):
+                raise  # the worker's own ways out
+            except Exception as exc:  # a bug: contained to this file, tried again later
+                self.log.exception("retention_failed", stream_id=c.stream_id,
+                                   rel_path=c.rel_path, error=repr(exc))
+                self._refused(c, "internal", detail=repr(exc))
             between()
             if self.clock() < self.paused_until:
                 break
@@ -227,6 +256,8 @@ class Retention:
             return self._refused(c, "unlink_failed", detail=exc.strerror)
         if FileIdentity.of(st) != expected:
             return self._changed(c, "the file changed since completion verified it")
+        if st.st_nlink > 1 and reason == "min_free":  # removing it would free nothing
+            return self._refused(c, "other_links", detail=f"{st.st_nlink} links")
         try:
             missing = self._missing_in_s3(record)
         except StorageError as exc:
@@ -256,19 +287,23 @@ class Retention:
             self.discard(c.stream_id)
             self.log.error("removal_left_hidden", hidden=hidden, detail=str(exc), **fields)
             return True
+        except WriterRaced as exc:
+            self.log.error("source_removed_while_opened", detail=str(exc), **fields)
         except (LeaseRefused, NotTheVerifiedFile) as exc:
             Stream.source_removed(self.store, marked, None, None)
             self.wal.done(intent)
             if isinstance(exc, LeaseRefused):
                 return self._refused(c, exc.reason, detail=str(exc))
             return self._changed(c, str(exc))
-        except OSError as exc:  # where did it stay? the directory says
+        except Exception as exc:  # OSError, or a bug: where did it stay? the directory says
+            if not self._settle(marked, hidden, reason):
+                raise  # the intent stays open for the next start
             self.wal.done(intent)
-            self._settle(marked, hidden, reason)
             if self.store.stream(record.stream_id) == marked:
                 self.discard(c.stream_id)
                 return True
-            return self._refused(c, "unlink_failed", detail=exc.strerror)
+            detail = exc.strerror if isinstance(exc, OSError) else repr(exc)
+            return self._refused(c, "unlink_failed", detail=detail)
         self.wal.done(intent)
         self.discard(c.stream_id)
         self.removals.append(Removal(record.stream_id, record.rel_path, record.size, reason,

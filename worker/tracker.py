@@ -85,6 +85,7 @@ class StreamTracker:
             self.log.warning("retention_skips_unverified", streams=self.retention.unverified,
                              why="completed by a release before local retention: their "
                                  "files are never removed")
+        self.retention.unverified_logging = True
 
     def touch(self, rel_path: str) -> None:
         self.touched.add(rel_path)

@@ -236,3 +236,45 @@ def test_candidates_are_offered_oldest_completion_first_after_a_reopen(
     assert [r.completed_at for r in retention.removable(10)] == [200.0, 300.0, 400.0]
     store.close()
     wal.close()
+
+
+def test_settle_gives_back_a_hidden_file_a_writer_appended_to(watch: Path) -> None:
+    """Killed after the rename; a writer whose open waited on the lease appended to the
+    hidden file: it goes back under its name (the stream reopens), never removed."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"x" * 100)
+    expected = recorded(path)
+    os.rename(path, watch / HIDDEN)
+    with open(watch / HIDDEN, "ab") as f:
+        f.write(b"new bytes")
+    assert settle(watch, "cam.mp4", HIDDEN, expected) is Settled.KEPT
+    assert path.read_bytes() == b"x" * 100 + b"new bytes"
+
+
+def test_a_new_file_renamed_over_the_name_mid_removal_is_given_back(
+        watch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder renames a new file over the name just before the worker's rename:
+    the hidden name then holds the new file, which must go back, not be unlinked."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"old" * 100)
+    real_rename = removal._rename
+
+    def recorder_renames_first(parent: int, old: str, new: str) -> None:
+        if new == HIDDEN:
+            (watch / "new.tmp").write_bytes(b"new recording")
+            os.rename(watch / "new.tmp", path)
+        real_rename(parent, old, new)
+
+    monkeypatch.setattr(removal, "_rename", recorder_renames_first)
+    with pytest.raises(NotTheVerifiedFile):
+        remove_verified(watch, "cam.mp4", recorded(path), HIDDEN)
+    assert path.read_bytes() == b"new recording"
+    assert HIDDEN not in os.listdir(watch)
+
+
+def test_names_that_are_not_utf8_are_removed_too(watch: Path) -> None:
+    name = os.fsdecode(b"cam-\xff\xfe.mp4")
+    path = watch / name
+    path.write_bytes(b"x")
+    remove_verified(watch, name, recorded(path), hidden_name(name))
+    assert os.listdir(watch) == ["site"]
