@@ -1,5 +1,6 @@
 """Local retention at its limits: a full filesystem (``--min-free`` on a small tmpfs),
-a lease the kernel refuses, and ``kill -9`` at random moments.
+a lease the kernel refuses, and a crash at its worst moment (``kill -9`` at random
+moments is a fault scenario: tests/faults/test_retention_crash.py).
 
 The tmpfs and the unprivileged run need root (mount, setpriv): elsewhere they skip
 and say so.
@@ -9,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from tests.badinput.support import (
     unprivileged_command,
 )
 from tests.support.bucket import check_stream, metadata_documents
-from tests.support.runner import wait_until
 from tests.support.s3server import S3Endpoint
 
 pytestmark = pytest.mark.timeout(300)
@@ -142,65 +140,6 @@ def test_a_refused_lease_keeps_the_file(as_nobody: Service) -> None:
     svc.processor.wait_for_event("source_removed", lambda e: e["rel_path"] == "nobody-owned.mp4")
     assert theirs.exists() and not ours.exists()
     assert len(svc.events("retention_blocked", rel_path="root-owned.mp4")) == 1
-
-
-def append(path: Path, data: bytes) -> bool:
-    """Append ``data`` to ``path`` as a recorder reopening its file would (or create it,
-    if retention removed it); True if it was a new file. Fails if the file was removed
-    while this writer held it open: those bytes would be lost."""
-    try:
-        fd, new = os.open(path, os.O_WRONLY | os.O_APPEND), False
-    except FileNotFoundError:
-        fd, new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), True
-    try:
-        os.write(fd, data)
-        assert os.fstat(fd).st_nlink == 1, f"{path} removed while open for writing"
-    finally:
-        os.close(fd)
-    return new
-
-
-def test_kill9_at_random_moments_never_loses_a_file(tmp_path: Path, s3: S3Endpoint) -> None:
-    """``--delete-after 0s`` and ``kill -9`` of the whole group at seeded random moments
-    while files are written, grow (one is appended to across restarts, and comes back
-    as a new file whenever it was removed meanwhile) and get removed. At the end every
-    file is byte-identical in S3 with its metadata; none is lost."""
-    seed = int(os.environ.get("RETENTION_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
-    written: dict[str, bytearray] = {}
-    lineages: list[bytearray] = []  # growing.mp4, one entry per file that had the name
-    kills = 0
-    with service(tmp_path, s3, workers=1, stream_timeout=1.0,
-                 extra=["--delete-after", "0s"]) as svc:
-        watch = svc.watch_dir
-        growing = watch / "growing.mp4"
-        for cycle in range(10):
-            name = f"cam{cycle}.mp4"
-            data = os.urandom(rng.randrange(1, 7 * MiB))
-            (watch / name).write_bytes(data)
-            written[name] = bytearray(data)
-            if cycle < 6:  # one file grows across the first restarts, then stops
-                more = os.urandom(rng.randrange(100_000, 2 * MiB))
-                if append(growing, more):
-                    lineages.append(bytearray())
-                lineages[-1].extend(more)
-            time.sleep(rng.uniform(0.3, 2.5))  # before, during or after its completion
-            svc.processor.kill9()
-            kills += 1
-            svc.processor.start()
-            svc.processor.wait_for_event("worker_started", count=svc.processor.workers,
-                                         timeout=60)
-        wait_until(lambda: not any((watch / n).exists() for n in [*written, "growing.mp4"]),
-                   180, f"every file removed (seed {seed})", svc.processor.tail)
-    assert kills >= 10
-    docs = list(metadata_documents(svc.client, svc.bucket))
-    expected: list[tuple[str, bytearray]] = [
-        *written.items(), *(("growing.mp4", data) for data in lineages)]
-    for name, content in expected:
-        matching = [d for d in docs if d["source_path"] == name
-                    and d["total_size_bytes"] == len(content)]
-        assert matching, f"{name} ({len(content)} bytes) removed but not in S3 (seed {seed})"
-        check_stream(svc.client, svc.bucket, matching[-1], bytes(content))
 
 
 @contextlib.contextmanager
