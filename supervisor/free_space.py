@@ -7,9 +7,10 @@ worker's oldest candidates; when free space is under the threshold the superviso
 asks for as many of the oldest, over all workers, as cover the shortfall, and waits
 for them. A request counts as freed space while it is open and, once its worker
 reports the file removed, until free space has grown by the file's size since the
-request (at most 30 s; a refused request is dropped at once), so that space a
-filesystem frees late, or not at all (a reader still holds the file), is not
-answered by removing file after file every second. In a dry run it counts for good.
+request, or for 3 s (recorders keep writing, so the rise may never show; a refused
+request is dropped at once). Space a filesystem frees late, or not at all (a reader
+still holds the file), is thus not answered by a removal every second, but at most
+one shortfall's worth every 3 s. In a dry run a request counts for good.
 When space is short and no file is safe it says so, at most once a minute, with the
 bytes still waiting for upload.
 
@@ -34,7 +35,7 @@ __all__ = ["FreeSpaceKeeper"]
 
 CHECK_EVERY = 1.0
 REQUEST_EXPIRES = 60.0   # a request its worker never acts on (busy, restarted)
-SETTLE_AT_MOST = 30.0    # a removal counts as freed space until seen, or this long
+SETTLE_AT_MOST = 3.0     # a removal counts as freed space until seen, or this long
 BLOCKED_LOG_EVERY = 60.0
 
 

@@ -61,7 +61,7 @@ def inspect(svc: Service) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def delete_at_once(tmp_path: Path, s3: S3Endpoint) -> Iterator[Service]:
-    with service(tmp_path, s3, extra=["--delete-after", "0s"]) as svc:
+    with service(tmp_path, s3, stream_timeout=1.0, extra=["--delete-after", "0s"]) as svc:
         yield svc
 
 
@@ -157,7 +157,7 @@ def test_changed_replaced_and_symlinked_files_are_never_removed(
     completion) and another is replaced by a new inode. A symlink is never a stream."""
     outside = tmp_path / "outside.mp4"
     outside.write_bytes(b"x" * 1000)
-    with service(tmp_path, s3, extra=["--delete-after", "3s"]) as svc:
+    with service(tmp_path, s3, stream_timeout=1.0, extra=["--delete-after", "3s"]) as svc:
         os.symlink(outside, svc.watch_dir / "link.mp4")
         chmod, replace, plain, touched = (
             svc.watch_dir / n for n in ("chmod.mp4", "replace.mp4", "plain.mp4", "touched.mp4"))
@@ -195,7 +195,8 @@ def test_changed_replaced_and_symlinked_files_are_never_removed(
 
 
 def test_dry_run_removes_nothing_and_says_what_it_would(tmp_path: Path, s3: S3Endpoint) -> None:
-    with service(tmp_path, s3, extra=["--delete-after", "0s", "--delete-dry-run"]) as svc:
+    with service(tmp_path, s3, stream_timeout=1.0,
+                 extra=["--delete-after", "0s", "--delete-dry-run"]) as svc:
         data = os.urandom(200_000)
         (svc.watch_dir / "keep.mp4").write_bytes(data)
         (event,) = svc.processor.wait_for_event("source_would_remove",

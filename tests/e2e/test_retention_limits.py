@@ -57,14 +57,14 @@ def tmpfs(path: Path, size_mib: int) -> Iterator[None]:
 
 
 def test_min_free_removes_oldest_safe_files_first(tmp_path: Path, s3: S3Endpoint) -> None:
-    """A 40 MiB tmpfs and ``--min-free 20MiB``. Four finished 6 MiB files, then one held
+    """A 32 MiB tmpfs and ``--min-free 16MiB``. Three finished 6 MiB files, then one held
     open by its writer and growing: each time free space drops under 20 MiB the oldest
     finished file goes, until only the open one is left, which is never removed while
     its writer holds it (``nothing_safe``); once it is closed it goes too."""
-    with tmpfs(tmp_path / "in", 40), \
-            service(tmp_path, s3, stream_timeout=1.0, extra=["--min-free", "20MiB"]) as svc:
+    with tmpfs(tmp_path / "in", 32), \
+            service(tmp_path, s3, stream_timeout=1.0, extra=["--min-free", "16MiB"]) as svc:
         watch = svc.watch_dir
-        threshold = 20 * MiB
+        threshold = 16 * MiB
 
         def complete(name: str) -> None:
             svc.processor.wait_for_event("stream_completed", lambda e: e["rel_path"] == name)
@@ -72,25 +72,25 @@ def test_min_free_removes_oldest_safe_files_first(tmp_path: Path, s3: S3Endpoint
         def gone(name: str) -> None:
             svc.processor.wait_for_event("source_removed", lambda e: e["rel_path"] == name)
 
-        for i in range(1, 5):
+        for i in range(1, 4):
             (watch / f"f{i}.mp4").write_bytes(os.urandom(6 * MiB))
             complete(f"f{i}.mp4")
-        gone("f1.mp4")  # 24 MiB used: 16 free
-        assert [(watch / f"f{i}.mp4").exists() for i in range(1, 5)] == [False, True, True, True]
+        gone("f1.mp4")  # 18 MiB used: 14 free
+        assert [(watch / f"f{i}.mp4").exists() for i in range(1, 4)] == [False, True, True]
         with open(watch / "open.mp4", "wb") as writer:
-            for chunk_mib, expect_gone in ((5, "f2.mp4"), (4, "f3.mp4"), (6, "f4.mp4")):
+            for chunk_mib, expect_gone in ((5, "f2.mp4"), (6, "f3.mp4")):
                 writer.write(os.urandom(chunk_mib * MiB))
                 writer.flush()
                 gone(expect_gone)
-            writer.write(os.urandom(6 * MiB))  # 21 MiB open: 19 free, nothing safe
+            writer.write(os.urandom(6 * MiB))  # 17 MiB open: 15 free, nothing safe
             writer.flush()
             svc.processor.wait_for_event("retention_blocked",
                                          lambda e: e["reason"] == "nothing_safe")
-            assert (watch / "open.mp4").stat().st_size == 21 * MiB
+            assert (watch / "open.mp4").stat().st_size == 17 * MiB
             assert free_bytes(watch) < threshold
         gone("open.mp4")
         events = removals(svc)
-        assert [e["rel_path"] for e in events] == [f"f{i}.mp4" for i in range(1, 5)] + \
+        assert [e["rel_path"] for e in events] == [f"f{i}.mp4" for i in range(1, 4)] + \
             ["open.mp4"]
         assert {e["reason"] for e in events} == {"min_free"}
         assert free_bytes(watch) >= threshold
@@ -100,7 +100,7 @@ def test_min_free_removes_oldest_safe_files_first(tmp_path: Path, s3: S3Endpoint
             assert doc["total_size_bytes"] == event["size"]
         values = svc.metrics()
         assert values["processor_min_free_bytes"] == threshold
-        assert values['processor_source_files_removed_total{reason="min_free"}'] == 5
+        assert values['processor_source_files_removed_total{reason="min_free"}'] == 4
 
 
 @pytest.fixture

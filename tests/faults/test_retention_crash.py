@@ -21,7 +21,7 @@ from tests.support.s3server import S3Endpoint
 pytestmark = pytest.mark.timeout(400)
 
 MiB = 1 << 20
-KILLS = pick(4, 10)
+KILLS = pick(3, 10)
 
 
 def append(path: Path, data: bytes) -> bool:
@@ -47,7 +47,7 @@ def append(path: Path, data: bytes) -> bool:
 def test_kill9_with_retention_never_loses_a_file(tmp_path: Path, s3: S3Endpoint,
                                                 reliability: Row) -> None:
     """``--delete-after 0s`` and ``kill -9`` of the whole group at seeded random moments
-    (10 in ``make test-faults``, 4 in ``make test``)
+    (10 in ``make test-faults``, 3 in ``make test``)
     while files are written, grow (one is appended to across restarts, and comes back
     as a new file whenever it was removed meanwhile) and get removed. At the end every
     file is byte-identical in S3 with its metadata; none is lost."""
