@@ -151,13 +151,14 @@ def test_a_file_held_open_by_its_writer_is_kept_until_closed(delete_at_once: Ser
 
 def test_changed_replaced_and_symlinked_files_are_never_removed(
         tmp_path: Path, s3: S3Endpoint) -> None:
-    """``--delete-after 3s``: in that window one file's mode changes (ctime only: the
-    stream is not reopened, so only retention's own check can catch it), one's mtime
-    is set (it is reopened and verified again: removed only after that second
-    completion) and another is replaced by a new inode. A symlink is never a stream."""
+    """``--delete-after 6s`` (a margin for a loaded machine): in that window one file's
+    mode changes (ctime only: the stream is not reopened, so only retention's own
+    check can catch it), one's mtime is set (it is reopened and verified again:
+    removed only after that second completion) and another is replaced by a new
+    inode. A symlink is never a stream."""
     outside = tmp_path / "outside.mp4"
     outside.write_bytes(b"x" * 1000)
-    with service(tmp_path, s3, stream_timeout=1.0, extra=["--delete-after", "3s"]) as svc:
+    with service(tmp_path, s3, stream_timeout=1.0, extra=["--delete-after", "6s"]) as svc:
         os.symlink(outside, svc.watch_dir / "link.mp4")
         chmod, replace, plain, touched = (
             svc.watch_dir / n for n in ("chmod.mp4", "replace.mp4", "plain.mp4", "touched.mp4"))
