@@ -35,12 +35,12 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from shared.paths import parent_beneath
+from worker.settled import FileState
 
-__all__ = ["FileIdentity", "LeaseRefused", "NotTheVerifiedFile", "LeftHidden", "WriterRaced",
+__all__ = ["LeaseRefused", "NotTheVerifiedFile", "LeftHidden", "WriterRaced",
            "remove_verified", "hidden_name", "Settled", "settle"]
 
 _REASONS = {
@@ -53,28 +53,6 @@ _REASONS = {
 }
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _RENAME_NOREPLACE = 1
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What a completion verified about a file; any change means a different file or
-    different bytes."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def same_content(self, st: os.stat_result) -> bool:
-        """The same inode with the same size and mtime: what a rename (which moves
-        ctime on) leaves of the identity."""
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            self.dev, self.ino, self.size, self.mtime_ns)
 
 
 class LeaseRefused(Exception):
@@ -139,7 +117,7 @@ def _still_leased(fd: int) -> bool:
     return fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
 
 
-def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
+def remove_verified(watch_dir: Path, rel_path: str, expected: FileState,
                     hidden: str) -> None:
     """Unlink ``rel_path`` if, under a read lease, it is exactly ``expected`` (through
     ``hidden``, a name in the same directory).
@@ -151,7 +129,7 @@ def remove_verified(watch_dir: Path, rel_path: str, expected: FileIdentity,
     """
     with parent_beneath(watch_dir, rel_path) as (parent, name), _leased(parent, name) as fd:
         held = os.fstat(fd)
-        if FileIdentity.of(held) != expected:
+        if FileState.of(held) != expected:
             raise NotTheVerifiedFile("the file changed since completion verified it")
         named = os.stat(name, dir_fd=parent, follow_symlinks=False)
         if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
@@ -176,7 +154,7 @@ class Settled(enum.Enum):
     LEFT_HIDDEN = "left_hidden"  # kept under the hidden name: a new file took the name
 
 
-def settle(watch_dir: Path, rel_path: str, hidden: str, expected: FileIdentity) -> Settled:
+def settle(watch_dir: Path, rel_path: str, hidden: str, expected: FileState) -> Settled:
     """After a crash during a removal: what became of the file. Under its name and
     untouched (its full identity: a file that reused the inode has another ctime), it
     was kept. Left under ``hidden`` with its size and mtime, it is removed now if a
@@ -186,7 +164,7 @@ def settle(watch_dir: Path, rel_path: str, hidden: str, expected: FileIdentity) 
     try:
         with parent_beneath(watch_dir, rel_path) as (parent, name):
             try:
-                if FileIdentity.of(os.stat(name, dir_fd=parent,
+                if FileState.of(os.stat(name, dir_fd=parent,
                                            follow_symlinks=False)) == expected:
                     return Settled.KEPT
             except FileNotFoundError:

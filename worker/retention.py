@@ -45,7 +45,6 @@ from shared.state.wal import WriteAheadLog
 from shared.timefmt import now as wall_now
 from worker.liveness import Draining
 from worker.removal import (
-    FileIdentity,
     LeaseRefused,
     LeftHidden,
     NotTheVerifiedFile,
@@ -55,6 +54,7 @@ from worker.removal import (
     remove_verified,
     settle,
 )
+from worker.settled import FileState
 from worker.storage import Storage
 from worker.stream import Stream
 
@@ -86,8 +86,8 @@ class _Candidate:
     dry_run_done: bool = False
 
 
-def identity_of(record: StreamRecord) -> FileIdentity:
-    return FileIdentity(record.dev, record.ino, record.size, record.mtime_ns,
+def identity_of(record: StreamRecord) -> FileState:
+    return FileState(record.dev, record.ino, record.size, record.mtime_ns,
                         record.verified_ctime_ns)
 
 
@@ -254,7 +254,7 @@ class Retention:
             return False
         except OSError as exc:
             return self._refused(c, "unlink_failed", detail=exc.strerror)
-        if FileIdentity.of(st) != expected:
+        if FileState.of(st) != expected:
             return self._changed(c, "the file changed since completion verified it")
         if st.st_nlink > 1 and reason == "min_free":  # removing it would free nothing
             return self._refused(c, "other_links", detail=f"{st.st_nlink} links")
@@ -274,7 +274,7 @@ class Retention:
         return self._remove(c, record, reason, expected, fields)
 
     def _remove(self, c: _Candidate, record: StreamRecord, reason: str,
-                expected: FileIdentity, fields: dict[str, Any]) -> bool:
+                expected: FileState, fields: dict[str, Any]) -> bool:
         hidden = hidden_name(record.stream_id)
         intent = self.wal.begin("remove", stream_id=record.stream_id, index=-1,
                                 rel_path=record.rel_path, reason=reason, hidden=hidden)

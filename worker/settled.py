@@ -54,6 +54,12 @@ class FileState:
     def of(cls, st: os.stat_result) -> FileState:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
+    def same_content(self, st: os.stat_result) -> bool:
+        """The same inode with the same size and mtime: what a rename (which moves
+        ctime on) leaves of the state (local retention, worker/removal.py)."""
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            self.dev, self.ino, self.size, self.mtime_ns)
+
 
 def settle_seconds(sysctl: Path = _SYSCTL) -> float:
     """How old a file's last change must be: the kernel's dirty-page expiry plus its

@@ -23,7 +23,6 @@ from shared.state.records import StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog
 from worker.removal import (
-    FileIdentity,
     LeaseRefused,
     NotTheVerifiedFile,
     Settled,
@@ -32,6 +31,7 @@ from worker.removal import (
     settle,
 )
 from worker.retention import Retention
+from worker.settled import FileState
 from worker.stream import Stream
 
 HIDDEN = hidden_name("cam-0001")
@@ -59,8 +59,8 @@ def watch(tmp_path: Path) -> Path:
     return tmp_path / "in"
 
 
-def recorded(path: Path) -> FileIdentity:
-    return FileIdentity.of(os.lstat(path))
+def recorded(path: Path) -> FileState:
+    return FileState.of(os.lstat(path))
 
 
 def test_the_verified_file_is_removed_and_nothing_is_left(watch: Path) -> None:
