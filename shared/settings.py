@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from shared.bandwidth import Timetable
+
 __all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "S3_MAX_PARTS", "Settings", "parse_size",
            "parse_extensions", "parse_duration", "MinFree", "parse_min_free"]
 
@@ -124,6 +126,7 @@ class Settings:
     delete_after: float | None = None  # local retention (contract §7): off unless set
     min_free: MinFree | None = None
     delete_dry_run: bool = False
+    bwlimit: Timetable | None = None  # the uplink cap (contract §8): none unless set
 
     @property
     def retention(self) -> bool:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
+from shared.bandwidth import Timetable, parse_bwlimit
 from shared.settings import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -96,6 +97,18 @@ class _MinFree(click.ParamType):
             return value
         try:
             return parse_min_free(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Bwlimit(click.ParamType):
+    name = "rate|timetable"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Timetable:
+        if isinstance(value, Timetable):
+            return value
+        try:
+            return parse_bwlimit(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -222,6 +235,10 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
                    "removing the oldest safe files first [default: off]")
 @click.option("--delete-dry-run", is_flag=True, default=False,
               help="Log what --delete-after/--min-free would remove; remove nothing.")
+@click.option("--bwlimit", type=_Bwlimit(), default=None,
+              help="Cap on chunk bodies sent by all workers together: a rate (4MiB/s, "
+                   "30Mbit/s) or a timetable in local time (\"Mon-Fri 08:00,2MiB/s "
+                   "19:00,off\") [default: no cap]")
 def cli(**options: Any) -> Settings:
     """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
 
