@@ -18,6 +18,7 @@ __all__ = [
     "CHECKPOINT_WRITE_SECONDS", "DISPATCH_SECONDS", "SOURCE_ERRORS", "FILES_REFUSED",
     "MEDIA_ERRORS", "SOURCE_FILES_REMOVED", "SOURCE_BYTES_REMOVED", "RETENTION_BLOCKED",
     "WATCH_DIR_FREE_BYTES", "WATCH_DIR_SIZE_BYTES", "MIN_FREE_BYTES",
+    "UPLINK_CAP", "UPLINK_CAPPED_BYTES", "UPLINK_WAIT_SECONDS", "BACKLOG_BYTES",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -115,3 +116,19 @@ def record_s3_failure(operation: str, kind: str) -> None:
     """Count one failed S3 request that will be retried."""
     UPLOAD_RETRIES.inc()
     S3_ERRORS.labels(operation=operation, kind=kind).inc()
+
+# the uplink (contract §8)
+UPLINK_CAP = Gauge(
+    "processor_uplink_cap_bytes_per_second",
+    "The --bwlimit cap in force now, in bytes/s (0: no cap).", multiprocess_mode="livemax")
+UPLINK_CAPPED_BYTES = Counter(
+    "processor_uplink_capped_bytes", "Bytes of chunk bodies sent under a --bwlimit cap.")
+UPLINK_WAIT_SECONDS = Histogram(
+    "processor_uplink_wait_seconds",
+    "Seconds one chunk body waited for the cap's tokens while being sent, by class "
+    "(live: its file is still being written; backlog: complete or idle).", ["class"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+BACKLOG_BYTES = Gauge(
+    "processor_backlog_bytes",
+    "Bytes on disk not yet uploaded, of streams whose files are complete or idle.",
+    multiprocess_mode="livesum")

@@ -31,6 +31,7 @@ from supervisor.free_space import FreeSpaceKeeper
 from supervisor.http import BucketProbe, StatusServer
 from supervisor.migration import rebalance
 from supervisor.slots import WorkerSlot, WorkerTarget, resolve_target
+from supervisor.uplink_cap import CapKeeper
 from supervisor.watcher import Change, Watcher, start_watcher
 
 __all__ = ["Supervisor", "State", "EXIT_FORCED", "EXIT_WORKERS_FAILING"]
@@ -72,6 +73,7 @@ class Supervisor:
         self._selector: selectors.BaseSelector | None = None  # rebuilt when workers change
         self._housekept_at = 0.0
         self.free_space = FreeSpaceKeeper(settings, self.log)
+        self.cap = CapKeeper(settings, self.log)
 
     # lifecycle
     def run(self) -> int:
@@ -100,7 +102,7 @@ class Supervisor:
         self.log.info("supervisor_started", workers=self.settings.workers,
                       watch_dir=str(self.settings.watch_dir), bucket=self.settings.s3_bucket,
                       metrics_port=self.http.port if self.http else None,
-                      retention=self._retention_summary())
+                      retention=self._retention_summary(), bwlimit=self.cap.describe())
         try:
             while self.state is not State.STOPPED:
                 worker_changed, changes = self._wait()
@@ -244,6 +246,7 @@ class Supervisor:
         if self.watcher is not None and self.state is State.RUNNING:
             self._dispatch(self.watcher.recover())
             self.free_space.tick(self.slots)
+            self.cap.tick()
         if self.state is State.DRAINING:
             if not any(slot.is_alive() for slot in self.slots):
                 self.state = State.STOPPED
@@ -262,6 +265,7 @@ class Supervisor:
         code = slot.reap()  # closes its pipes: the epoll set is rebuilt without them
         self._forget_selector()
         slot.process = None
+        self.cap.forget(slot.index)
         if pid is not None:
             multiprocess.mark_process_dead(pid)
         lived = now - slot.started_at
@@ -292,7 +296,7 @@ class Supervisor:
             slot.signal(signal.SIGKILL)
 
     def _start(self, slot: WorkerSlot, restart: bool = False) -> None:
-        slot.start(self.settings)
+        slot.start(self.settings, self.cap.uplink)
         self._forget_selector()
         if restart:
             slot.restarts += 1
@@ -339,6 +343,7 @@ class Supervisor:
         return {"generated_at": time.time(), "state": self.state.value,
                 "stream_timeout": self.settings.stream_timeout,
                 "chunk_size": self.settings.chunk_size, "workers": workers,
+                "bwlimit": self.cap.describe(),
                 "streams": streams, "recent_completions": completions[:20],
                 "recent_removals": removals[:20]}
 

@@ -59,11 +59,15 @@ class WorkerSlot:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, settings: Settings) -> None:
-        """Spawn a fresh worker process: nothing is inherited but the pipes' ends."""
+    def start(self, settings: Settings, uplink: Any = None) -> None:
+        """Spawn a fresh worker process: nothing is inherited but the pipes' ends (and the
+        ``--bwlimit`` bucket's shared memory, passed as a fifth argument when there is
+        a cap)."""
         cmd_r, cmd_w = _SPAWN.Pipe(duplex=False)
         hb_r, hb_w = _SPAWN.Pipe(duplex=False)
-        process = _SPAWN.Process(target=self.target, args=(self.index, cmd_r, hb_w, settings),
+        args: tuple[Any, ...] = (self.index, cmd_r, hb_w, settings)
+        process = _SPAWN.Process(target=self.target,
+                                 args=args + ((uplink,) if uplink is not None else ()),
                                  name=f"worker-{self.index}")
         process.start()
         cmd_r.close()

@@ -18,9 +18,10 @@ __all__ = ["run_worker"]
 _NOT_IN_WORKERS = ("rich", "pygments", "colorama", "better_exceptions")
 
 
-def run_worker(slot: int, commands: Any, heartbeats: Any, settings: Any) -> None:
+def run_worker(slot: int, commands: Any, heartbeats: Any, settings: Any,
+               uplink: Any = None) -> None:
     for name in _NOT_IN_WORKERS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # import fails
     from worker.process import main
 
-    main(slot, commands, heartbeats, settings)
+    main(slot, commands, heartbeats, settings, uplink)

@@ -37,6 +37,7 @@ from shared.messages import (
 from shared.settings import Settings
 from shared.state.errors import StateWriteError, is_disk_full
 from shared.state.layout import StateDir
+from shared.uplink import Uplink
 from worker.liveness import Draining, Liveness
 
 __all__ = ["main", "Worker"]
@@ -47,9 +48,12 @@ MAX_REPORTED_REMOVABLE = 50  # per heartbeat: --min-free asks for the oldest fir
 
 class Worker:
     def __init__(self, slot: int, commands: Connection, heartbeats: Connection,
-                 settings: Settings) -> None:
+                 settings: Settings, uplink: Uplink | None = None) -> None:
         self.slot = slot
         self.settings = settings
+        self.uplink = uplink
+        if uplink is not None:
+            uplink.slot = slot
         self.commands = commands
         self.heartbeats = heartbeats
         self.stop_requested = False
@@ -122,6 +126,7 @@ class Worker:
             if self.tracker is not None:
                 metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
                 metrics.LAG_BYTES.set(self.tracker.lag_bytes())
+                metrics.BACKLOG_BYTES.set(self.tracker.backlog_bytes())
                 metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
                 self._report = Heartbeat(
                     self.tracker.active_count(),
@@ -168,7 +173,7 @@ class Worker:
             self.log.warning("wal_tail_truncated", bytes=wal.truncated_bytes, path=str(wal.path))
         pending = len(wal.pending())
         self.tracker, close = build_tracker(self.settings, store, wal, make_client(self.settings),
-                                            self.log, self.live)
+                                            self.log, self.live, uplink=self.uplink)
         self.tracker.load()
         # What start-up built (botocore's service model, the client, modules) lives as
         # long as the worker: keep it out of the collector's full passes, which walked it
@@ -222,11 +227,11 @@ def _limit_malloc_arenas() -> None:
 
 
 def main(slot: int, commands: Connection, heartbeats: Connection,
-         settings: Settings) -> None:
+         settings: Settings, uplink: Uplink | None = None) -> None:
     """The worker process, from ``worker.entry.run_worker`` (spawned)."""
     _limit_malloc_arenas()
     configure_logging(settings.log_level, settings.log_format, process=f"worker-{slot}",
                       pid=os.getpid())
-    worker = Worker(slot, commands, heartbeats, settings)
+    worker = Worker(slot, commands, heartbeats, settings, uplink)
     worker.install_signals()
     sys.exit(worker.run())  # multiprocessing turns SystemExit into the exit code

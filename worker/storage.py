@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from shared import metrics
 from shared.s3 import Cause, ErrorKind, StorageError, cause_of, classify, describe, error_code
+from shared.uplink import ThrottledBody, Uplink
 from worker.backoff import retry_delay
 
 __all__ = ["Storage", "UploadLost", "BucketCheck", "XXH_META"]
@@ -45,12 +46,27 @@ def _crc32c_b64(data: bytes | bytearray) -> str:
     return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
 
 
+def _metering(on: bool) -> Callable[..., None]:
+    def switch(request: Any, **_: Any) -> None:
+        if isinstance(request.body, ThrottledBody):
+            request.body.metered = on
+    return switch
+
+
 class Storage:
     """One bucket seen through one client."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, uplink: Uplink | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.client = client
         self.bucket = bucket
+        self.uplink = uplink
+        self.stopping = stopping
+        if uplink is not None:
+            # a throttled body pays only for what goes on the wire (see ThrottledBody)
+            events = client.meta.events
+            events.register("before-sign.s3.PutObject", _metering(False))
+            events.register("before-send.s3.PutObject", _metering(True))
 
     def _call(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
@@ -79,9 +95,26 @@ class Storage:
         except Exception as exc:
             raise StorageError("create_bucket", classify(exc), describe(exc)) from exc
 
-    def put_chunk(self, key: str, data: bytes | bytearray, xxh3_128: str) -> None:
-        self._call("put_chunk", self.client.put_object, Key=key, Body=data,
-                   ChecksumCRC32C=_crc32c_b64(data), Metadata={XXH_META: xxh3_128})
+    def put_chunk(self, key: str, data: bytes | bytearray, xxh3_128: str,
+                  live: bool = True) -> None:
+        """PUT a chunk body; under ``--bwlimit`` it is paid for as it is sent, with
+        ``live`` chunks before backlog ones across all workers."""
+        checksum = _crc32c_b64(data)
+        if self.uplink is None:
+            self._call("put_chunk", self.client.put_object, Key=key, Body=data,
+                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})
+            return
+        capped = self.uplink.rate is not None
+        body = ThrottledBody(data, self.uplink, live, self.stopping)
+        try:
+            self._call("put_chunk", self.client.put_object, Key=key, Body=body,
+                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})
+        finally:
+            body.close()
+            metrics.UPLINK_WAIT_SECONDS.labels(**{"class": "live" if live else "backlog"}
+                                               ).observe(body.waited)
+        if capped:
+            metrics.UPLINK_CAPPED_BYTES.inc(len(data))
 
     def _head(self, operation: str, key: str) -> dict[str, Any] | None:
         """HEAD ``key``; None when it does not exist."""

@@ -13,6 +13,7 @@ from typing import Any
 from shared.settings import Settings
 from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog
+from shared.uplink import Uplink
 from worker.completion import Finalizer
 from worker.liveness import Liveness
 from worker.multipart import FinalUpload
@@ -29,12 +30,14 @@ __all__ = ["build_tracker"]
 
 def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog, client: Any,
                   log: Any, live: Liveness, *, settled: SettledFiles | None = None,
-                  prober: Prober | None = None, storage: Storage | None = None
-                  ) -> tuple[StreamTracker, Callable[[], None]]:
+                  prober: Prober | None = None, storage: Storage | None = None,
+                  uplink: Uplink | None = None) -> tuple[StreamTracker, Callable[[], None]]:
     """The tracker with everything under it, and what closes their threads and helper
     process (the caller closes the store and the log it passed in). Tests may hand in
-    ``settled``, ``prober`` or ``storage`` (then ``client`` is unused)."""
-    storage = storage if storage is not None else Storage(client, settings.s3_bucket)
+    ``settled``, ``prober`` or ``storage`` (then ``client`` is unused). ``uplink`` is the
+    shared ``--bwlimit`` bucket, when there is a cap."""
+    storage = storage if storage is not None else Storage(client, settings.s3_bucket, uplink,
+                                                          live.stopping)
     source = SourceFiles(settings.watch_dir)
     settled = settled if settled is not None else SettledFiles(enabled=settings.trust_settled)
     prober = prober if prober is not None else Prober(live.pulse)
@@ -49,6 +52,7 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     retention.unload = tracker.unload_stream
 
     def close() -> None:
+        tracker.order.close()
         upload.close()
         prober.close()
 

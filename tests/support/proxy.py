@@ -217,6 +217,7 @@ class RecordingProxy:
         self._forced_resets = 0  # of Faults.reset_first, since the plan was set
         self._rng = random.Random(seed)
         self._injected: list[InjectedFault] = []
+        self._body_bytes: list[tuple[float, int]] = []  # (monotonic, bytes) as forwarded
 
     @property
     def url(self) -> str:
@@ -327,6 +328,7 @@ class RecordingProxy:
         """Forget all records (in-flight requests are not re-added)."""
         with self._lock:
             self._records = {}
+            self._body_bytes = []
 
     def count(
         self,
@@ -346,6 +348,24 @@ class RecordingProxy:
             and (query_has is None or query_has in r.query)
             and (query_lacks is None or query_lacks not in r.query)
         )
+
+    def _timed(self, send: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """``send``, noting when each piece of a request body was forwarded."""
+        def timed(data: bytes) -> None:
+            send(data)
+            with self._lock:
+                self._body_bytes.append((time.monotonic(), len(data)))
+        return timed
+
+    def body_bytes_between(self, start: float, end: float) -> int:
+        """Request body bytes forwarded to the server in [start, end) (monotonic), as
+        sent on the wire: what an uplink cap is measured by."""
+        with self._lock:
+            return sum(n for t, n in self._body_bytes if start <= t < end)
+
+    def first_body_byte_at(self) -> float | None:
+        with self._lock:
+            return self._body_bytes[0][0] if self._body_bytes else None
 
     @property
     def connection_count(self) -> int:
@@ -487,7 +507,7 @@ class RecordingProxy:
             tap = wire.BodyTap(
                 upstream, "aws-chunked" in headers.get("content-encoding", "").lower()
             )
-            send = tap.send if cut is None else _cutting(tap, cut)
+            send = self._timed(tap.send if cut is None else _cutting(tap, cut))
             try:
                 trailers = wire.copy_body(reader, headers, send, tap.payload)
             except _Reset:

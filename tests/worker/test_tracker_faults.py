@@ -27,7 +27,7 @@ class FlakyStorage:
     def ensure_bucket(self, create: bool) -> None:
         pass
 
-    def put_chunk(self, key: str, data: bytes, digest: str) -> None:
+    def put_chunk(self, key: str, data: bytes, digest: str, live: bool = True) -> None:
         self.puts += 1
         raise self.error
 
