@@ -78,6 +78,7 @@ class StreamProgress:
     idle_seconds: float         # since the last size/mtime change seen
     completes_in: float         # seconds until it counts as complete, if nothing changes
     failures: int = 0
+    priority: str = "live"      # live | backlog (contract §8)
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,12 @@ class Stream:
         return completion_spans(len(self.chunks), self.committed_bytes, self.record.size,
                                 self.record.chunk_size)
 
+    def live(self, now: float, timeout: float) -> bool:
+        """Live (contract §8): still recording, its file changed within the timeout.
+        A file complete on disk when first seen counts as idle from the start."""
+        return (self.state is StreamState.RECORDING and self.record.end_reason is None
+                and self.last_change is not None and now - self.last_change < timeout)
+
     def progress(self, now: float, timeout: float) -> StreamProgress:
         """What this unfinished stream is doing, for ``/streams``."""
         record = self.record
@@ -150,7 +156,8 @@ class Stream:
             bytes_on_disk=record.size, bytes_uploaded=self.committed_bytes,
             chunks=len(self.chunks), started_at=record.started_at,
             last_write_at=record.last_write_at, idle_seconds=round(idle, 3),
-            completes_in=round(max(0.0, timeout - idle), 3), failures=self.failures)
+            completes_in=round(max(0.0, timeout - idle), 3), failures=self.failures,
+            priority="live" if self.live(now, timeout) else "backlog")
 
     # observation: memory only, saved with the next transition
     def observed(self, size: int, mtime_ns: int, now: float) -> None:

@@ -28,6 +28,7 @@ from shared.state.wal import WriteAheadLog
 from shared.timefmt import now as wall_now
 from worker.backoff import retry_delay
 from worker.completion import Finalizer
+from worker.live_first import LiveFirst
 from worker.multipart import FinalUpload
 from worker.retention import Retention
 from worker.source import SourceChanged, SourceError, SourceFiles
@@ -64,6 +65,8 @@ class StreamTracker:
         self.refused: set[str] = set()              # paths whose keys S3 would reject
         self.sync_every = SYNC_NEW_STREAMS_EVERY
         self.synced_at = clock()                    # last sync of new streams' records
+        self.order = LiveFirst(uploader, settings.watch_dir, settings.stream_timeout, clock)
+        self.lane = self.order.lane
 
     # set-up
     def load(self) -> None:
@@ -109,6 +112,11 @@ class StreamTracker:
         return sum(s.pending_bytes for s in self.streams.values()
                    if s.state is StreamState.RECORDING)
 
+    def backlog_bytes(self) -> int:
+        """Of those, the bytes of streams that are not live (backlog)."""
+        return sum(s.pending_bytes for s in self.streams.values()
+                   if s.state is StreamState.RECORDING and not self.order.is_live(s))
+
     def oldest_age(self) -> float:
         started = [s.record.started_at for s in self._unfinished()]
         return max(0.0, wall_now() - min(started)) if started else 0.0
@@ -122,8 +130,14 @@ class StreamTracker:
         """Look at touched paths, then give every due stream one unit of work, calling
         ``between`` after each (the loop's heartbeat and stop check)."""
         did = False
+        sent = self.order.collect()  # the lane's backlog chunk: committed as an attempt
+        if sent is not None:
+            did = self._attempt(*sent)
         touched, self.touched = self.touched, set()
         for rel_path in touched:
+            if self.lane.holds(self.current.get(rel_path, "")):
+                self.touched.add(rel_path)  # looked at once its chunk is collected
+                continue
             try:
                 self._look_at(rel_path)
             except Exception as exc:  # one odd path must never take the worker down
@@ -139,8 +153,9 @@ class StreamTracker:
             except StorageError:
                 return did  # retried on the next step, after the bucket check
             did = True
-        for stream in list(self.streams.values()):
-            if stream.stream_id not in self.streams or stream.next_attempt > self.clock():
+        for stream in self.order.in_turn(self.streams.values()):
+            if (stream.stream_id not in self.streams or stream.next_attempt > self.clock()
+                    or self.lane.holds(stream.stream_id)):
                 continue
             did |= self._attempt(stream)
             between()
@@ -157,10 +172,11 @@ class StreamTracker:
             self.synced_at = now
             self.store.make_all_durable()
 
-    def _attempt(self, stream: Stream) -> bool:
+    def _attempt(self, stream: Stream,
+                 work: Callable[[Stream], bool] | None = None) -> bool:
         was_finished = not stream.state.unfinished
         try:
-            did = self._advance(stream)
+            did = (work or self._advance)(stream)
         except StorageError as exc:
             self.bucket.saw(exc)
             self._failed(stream, exc.kind, exc.operation, exc.detail)
@@ -222,8 +238,7 @@ class StreamTracker:
             self.source.reserve_chunk_buffer(stream.record.chunk_size)
         span = stream.next_full_chunk()
         if span is not None:
-            self.uploader.upload_chunk(stream, span)
-            return True
+            return self.order.send(stream, span)
         assert stream.last_change is not None
         if self.clock() - stream.last_change >= self.settings.stream_timeout:
             self.finalizer.finalize(stream)

@@ -9,7 +9,9 @@ method here may be re-run from the start after a failure or a crash.
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import xxhash
@@ -24,7 +26,19 @@ from worker.source import SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream
 
-__all__ = ["Uploader"]
+__all__ = ["Uploader", "PreparedChunk"]
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """A chunk read and its intent logged, ready to be sent."""
+
+    span: ChunkSpan
+    data: bytes | bytearray
+    digest: str
+    key: str
+    before: os.stat_result   # the file's stat before the read (for settled proofs)
+    intent: Intent
 
 
 class Uploader:
@@ -38,11 +52,17 @@ class Uploader:
         self.log = log
         self.settled = settled
 
-    def upload_chunk(self, stream: Stream, span: ChunkSpan) -> None:
+    def upload_chunk(self, stream: Stream, span: ChunkSpan, live: bool = True) -> None:
         """Upload chunk ``span.index`` (new, or a replacement of one whose bytes changed)."""
+        prepared = self.prepare(stream, span, self.source)
+        self.commit(stream, prepared, self.send(prepared, live))
+
+    def prepare(self, stream: Stream, span: ChunkSpan, source: SourceFiles) -> PreparedChunk:
+        """Read the chunk (into ``source``'s buffer) and log the intent: the part of an
+        upload that touches the file and the state, on the loop's thread."""
         record = stream.record
         stream.make_durable()  # the key below names the stream
-        data, before = self.source.read_chunk(record, span)
+        data, before = source.read_chunk(record, span)
         digest = xxhash.xxh3_128_hexdigest(data)
         key = stream.keys.chunk(span.index)
         # A new chunk's intent is not fsynced: a killed worker still finds it and settles
@@ -55,12 +75,20 @@ class Uploader:
                                 durable=span.index < len(stream.chunks),
                                 rel_path=record.rel_path, offset=span.offset, size=span.size,
                                 xxh3_128=digest, key=key)
+        return PreparedChunk(span, data, digest, key, before, intent)
+
+    def send(self, prepared: PreparedChunk, live: bool) -> float:
+        """The PUT alone; its seconds. Safe on another thread (the backlog lane)."""
         started = time.monotonic()
-        self.storage.put_chunk(key, data, digest)
-        elapsed = time.monotonic() - started
+        self.storage.put_chunk(prepared.key, prepared.data, prepared.digest, live)
+        return time.monotonic() - started
+
+    def commit(self, stream: Stream, prepared: PreparedChunk, elapsed: float) -> None:
+        """Record a chunk S3 acknowledged, on the loop's thread."""
+        span, digest = prepared.span, prepared.digest
         stream.commit_chunk(ChunkRecord(span.index, span.offset, span.size, digest, now()))
-        self.wal.done(intent)
-        proof = self.settled.proof(before)
+        self.wal.done(prepared.intent)
+        proof = self.settled.proof(prepared.before)
         if proof is not None:
             stream.settled[span.index] = (proof, digest)
         else:
@@ -68,7 +96,7 @@ class Uploader:
         metrics.CHUNKS_UPLOADED.inc()
         metrics.UPLOADED_BYTES.inc(span.size)
         metrics.CHUNK_UPLOAD_SECONDS.observe(elapsed)
-        self.log.info("chunk_uploaded", stream_id=record.stream_id, index=span.index,
+        self.log.info("chunk_uploaded", stream_id=stream.stream_id, index=span.index,
                       offset=span.offset, size=span.size, seconds=round(elapsed, 4))
 
     def reconcile(self, stream: Stream | None, intent: Intent) -> None:

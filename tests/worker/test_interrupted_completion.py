@@ -50,8 +50,8 @@ def test_a_file_that_grows_after_its_tail_went_up_is_assembled_whole(
     upload = tracker.uploader.upload_chunk
     grown: list[int] = []
 
-    def upload_then_grow(stream: Stream, span: ChunkSpan) -> None:
-        upload(stream, span)
+    def upload_then_grow(stream: Stream, span: ChunkSpan, live: bool = True) -> None:
+        upload(stream, span, live)
         if span.size < CHUNK and not grown:
             with open(path, "ab") as f:
                 f.write(more)

@@ -1,0 +1,133 @@
+"""Live streams before backlog on one worker: backlog chunk PUTs go on a side thread.
+
+A worker uploads each file in order, one request at a time. When it holds both a
+live stream (its file still being written) and backlog (files complete on disk when
+first seen, or idle since), a backlog chunk body under a thin uplink takes seconds to
+send, and a live chunk that became ready meanwhile would wait behind it. So, while the
+worker has a live stream, full chunks of backlog streams are sent here, one at a time,
+and the loop stays free to send live chunks at once (under ``--bwlimit`` a live body
+also takes the cap's tokens before any backlog body, on every worker).
+
+Only the S3 call runs on the lane's thread. The read (into the lane's own buffer, so
+the loop's buffer stays free for live chunks) and the write-ahead intent happen on the
+loop before the hand-off, and the commit after it, when the loop collects the result:
+the state is only ever changed by the loop. A stream with a chunk on the lane is not
+worked on until it is collected. A crash with a PUT on the lane leaves its intent
+pending, settled with a HEAD at the next start as for any chunk.
+
+With no live stream on the worker, backlog is uploaded on the loop as before: no
+thread hop and no second buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from worker.planning import ChunkSpan
+from worker.source import SourceFiles
+from worker.stream import Stream
+from worker.uploader import PreparedChunk, Uploader
+
+__all__ = ["LiveFirst", "BacklogLane", "Finished"]
+
+Finished = tuple[Stream, PreparedChunk, float | None, BaseException | None]
+
+
+class BacklogLane:
+    """One backlog chunk PUT at a time, off the loop's thread."""
+
+    def __init__(self, uploader: Uploader, watch_dir: Path) -> None:
+        self.uploader = uploader
+        self.source = SourceFiles(watch_dir)  # its own chunk buffer
+        self._executor: ThreadPoolExecutor | None = None
+        self._job: tuple[Stream, PreparedChunk, Future[float]] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._job is None
+
+    def holds(self, stream_id: str) -> bool:
+        return self._job is not None and self._job[0].stream_id == stream_id
+
+    def submit(self, stream: Stream, span: ChunkSpan) -> None:
+        """Read the chunk and log its intent here (the loop's thread); send it there."""
+        assert self._job is None, "one backlog PUT at a time"
+        prepared = self.uploader.prepare(stream, span, self.source)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="backlog")
+        future = self._executor.submit(self.uploader.send, prepared, False)
+        self._job = (stream, prepared, future)
+
+    def collect(self) -> Finished | None:
+        """The PUT that finished, with its seconds or its error; None while it runs."""
+        if self._job is None or not self._job[2].done():
+            return None
+        stream, prepared, future = self._job
+        self._job = None
+        error = future.exception()
+        return stream, prepared, (None if error else future.result()), error
+
+    def close(self) -> None:
+        """Wait for the PUT in flight (a drain lets it finish at full speed); its result is
+        not committed, so its intent is settled with a HEAD at the next start."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+class LiveFirst:
+    """The order of one worker's work: live streams first, then backlog, each in order
+    of arrival (contract §8), and where each full chunk is sent from."""
+
+    def __init__(self, uploader: Uploader, watch_dir: Path, timeout: float,
+                 clock: Callable[[], float]) -> None:
+        self.uploader = uploader
+        self.timeout = timeout
+        self.clock = clock
+        self.lane = BacklogLane(uploader, watch_dir)
+        self.any_live = False  # as of the last ``in_turn``
+
+    def is_live(self, stream: Stream) -> bool:
+        return stream.live(self.clock(), self.timeout)
+
+    def in_turn(self, streams: Iterable[Stream]) -> list[Stream]:
+        """The streams in the order they get their turn in this step."""
+        everything = list(streams)
+        live = [s for s in everything if self.is_live(s)]
+        self.any_live = bool(live)
+        if not live:
+            return everything
+        return live + [s for s in everything if not self.is_live(s)]
+
+    def send(self, stream: Stream, span: ChunkSpan) -> bool:
+        """Send a full chunk: live ones (and all of them while no stream is live) on the
+        loop; backlog ones on the lane once it is free. False when it has to wait."""
+        live = self.is_live(stream)
+        if live or not self.any_live:
+            self.uploader.upload_chunk(stream, span, live=live)
+            return True
+        if not self.lane.idle:
+            return False  # waits for the lane, in order of arrival
+        self.lane.submit(stream, span)
+        return True
+
+    def collect(self) -> tuple[Stream, Callable[[Stream], bool]] | None:
+        """The stream whose backlog chunk the lane has sent, and the work that commits it
+        (or raises the PUT's error), for the tracker to run as one of its attempts."""
+        finished = self.lane.collect()
+        if finished is None:
+            return None
+        stream, prepared, elapsed, error = finished
+
+        def settle(stream: Stream) -> bool:
+            if error is not None:
+                raise error
+            assert elapsed is not None
+            self.uploader.commit(stream, prepared, elapsed)
+            return True
+
+        return stream, settle
+
+    def close(self) -> None:
+        self.lane.close()
