@@ -1,8 +1,10 @@
 """``processor status``: what the running service is doing, from its ``/streams``.
 
-Active streams with a progress bar (bytes uploaded of bytes on disk), chunks, lag,
-time since the last write and until the stream counts as complete; recent
-completions; worker health. ``--watch`` refreshes; ``--json`` prints the raw data.
+Active streams with their class (live or backlog, contract §8), bytes uploaded of
+bytes on disk, lag and, on a wide enough console, chunks, time since the last write
+and until the stream counts as complete, a progress bar and the worker; the uplink
+cap; recent completions; worker health. ``--watch`` refreshes; ``--json`` prints the
+raw data.
 """
 
 from __future__ import annotations
@@ -52,8 +54,16 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(data: dict[str, Any]) -> Group:
-    """The status screen for one ``/streams`` document."""
+# The streams table's columns, most important first, with the console width from which
+# each is shown: at 80 columns (or piped, which rich renders at 80) the name, class,
+# state, bytes and lag stay, and the name folds onto more lines rather than being cut.
+_STREAM_COLUMNS = (("stream", 0), ("class", 0), ("state", 0), ("uploaded / on disk", 0),
+                   ("lag", 0), ("chunks", 100), ("last write", 110), ("complete in", 120),
+                   ("progress", 140), ("worker", 140))
+
+
+def render(data: dict[str, Any], width: int = 200) -> Group:
+    """The status screen for one ``/streams`` document, for a console ``width`` wide."""
     now = float(data.get("generated_at") or time.time())
     workers = data.get("workers", [])
     alive = sum(1 for w in workers if w.get("alive"))
@@ -61,22 +71,31 @@ def render(data: dict[str, Any]) -> Group:
         ("processor ", "bold"), (str(data.get("state", "?")), "green"),
         f"  workers {alive}/{len(workers)} alive",
         f"  active streams {len(data.get('streams', []))}",
-        f"  stream timeout {data.get('stream_timeout', '?')}s")
+        f"  stream timeout {data.get('stream_timeout', '?')}s",
+        f"  uplink cap {data.get('bwlimit') or 'none'}")
 
+    shown = [name for name, from_width in _STREAM_COLUMNS if width >= from_width]
     streams = Table(title="Active streams", title_justify="left", expand=True)
-    for column in ("stream", "state", "progress", "uploaded / on disk", "chunks", "lag",
-                   "last write", "complete in", "worker"):
-        streams.add_column(column, no_wrap=column in ("progress", "chunks", "worker"))
+    for column in shown:
+        if column == "stream":
+            streams.add_column(column, overflow="fold", ratio=3, min_width=16)
+        else:
+            streams.add_column(column, no_wrap=column in ("progress", "chunks", "worker"))
     for s in data.get("streams", []):
         on_disk, uploaded = int(s["bytes_on_disk"]), int(s["bytes_uploaded"])
-        bar = ProgressBar(total=max(on_disk, 1), completed=min(uploaded, on_disk), width=20)
-        streams.add_row(
-            f"{s['rel_path']}\n[dim]{s['stream_id']}[/dim]", s["state"], bar,
-            f"{_size(uploaded)} / {_size(on_disk)}", str(s["chunks"]),
-            _size(max(0, on_disk - uploaded)), f"{_ago(now - float(s['last_write_at']))} ago",
-            _ago(float(s["completes_in"])), str(s.get("worker", "")))
+        cells: dict[str, Any] = {
+            "stream": f"{s['rel_path']}\n[dim]{s['stream_id']}[/dim]",
+            "class": s.get("priority", ""), "state": s["state"],
+            "uploaded / on disk": f"{_size(uploaded)} / {_size(on_disk)}",
+            "lag": _size(max(0, on_disk - uploaded)), "chunks": str(s["chunks"]),
+            "last write": f"{_ago(now - float(s['last_write_at']))} ago",
+            "complete in": _ago(float(s["completes_in"])),
+            "progress": ProgressBar(total=max(on_disk, 1), completed=min(uploaded, on_disk),
+                                    width=20),
+            "worker": str(s.get("worker", ""))}
+        streams.add_row(*[cells[column] for column in shown])
     if not data.get("streams"):
-        streams.add_row("[dim]none[/dim]", *[""] * 8)
+        streams.add_row("[dim]none[/dim]", *[""] * (len(shown) - 1))
 
     done = Table(title="Recent completions", title_justify="left", expand=True)
     for column in ("stream", "status", "size", "chunks", "reopened", "completed"):
@@ -122,12 +141,13 @@ def status(url: str, watch: bool, interval: float, as_json: bool) -> None:
         return
     console = Console()
     if not watch:
-        console.print(render(get()))
+        console.print(render(get(), console.width))
         return
-    with Live(render(get()), console=console, refresh_per_second=4, screen=False) as live:
+    with Live(render(get(), console.width), console=console, refresh_per_second=4,
+              screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(render(get()))
+                live.update(render(get(), console.width))
         except KeyboardInterrupt:
             pass

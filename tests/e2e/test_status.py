@@ -44,7 +44,8 @@ def test_status_shows_progress_completions_and_workers(make_processor: Any, clie
     """While a live stream uploads, status shows it with progress; afterwards, as done."""
     port = free_port()
     processor = make_processor(workers=2, stream_timeout=3.0,
-                               extra=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+                               extra=["--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+                                      "--bwlimit", "64MiB/s"])
     processor.start()
     processor.wait_for_event("worker_started", count=2)
     url = f"http://127.0.0.1:{port}"
@@ -55,11 +56,13 @@ def test_status_shows_progress_completions_and_workers(make_processor: Any, clie
     assert stream["rel_path"] == "cam.mp4" and stream["state"] in ("growing", "finalizing")
     assert 0 < stream["bytes_uploaded"] <= stream["bytes_on_disk"]
     assert stream["chunks"] >= 1 and 0 <= stream["completes_in"] <= 3.0
+    assert stream["priority"] == "live" and raw["bwlimit"] == "64MiB/s"
     assert [w["alive"] for w in raw["workers"]] == [True, True]
     shown = run(["status", "--url", url])
     assert shown.returncode == 0
     assert "cam.mp4" in shown.stdout and stream["stream_id"] in shown.stdout
     assert "Workers" in shown.stdout and "Active streams" in shown.stdout
+    assert "uplink cap 64MiB/s" in shown.stdout and "live" in shown.stdout
     live.communicate(timeout=60)
     doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
     after = poll_status(url, lambda d: not d["streams"])
