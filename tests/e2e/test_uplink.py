@@ -1,0 +1,200 @@
+"""The uplink cap (contract §8), measured on the wire: real processes, a real S3 server,
+and the recording proxy, which notes when each request body byte went through it.
+
+Every rate here is what the proxy forwarded in a window, not what the service
+believes it sent. Backlog files are random bytes written before the start with an
+old mtime (complete on disk when first seen); the live stream is ffmpeg writing in
+real time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.bucket import check_stream, metadata_documents
+from tests.support.proxy import RecordingProxy
+from tests.support.runner import wait_until
+from tests.support.videos import make_not_mp4, start_live_writer
+
+pytestmark = pytest.mark.timeout(240)
+
+MiB = 1 << 20
+CHUNK = 5 * MiB  # the runner's --chunk-size
+
+
+def backlog(watch: Path, count: int, size: int) -> dict[str, bytes]:
+    """``count`` finished files of ``size`` bytes, last written an hour ago."""
+    watch.mkdir(parents=True, exist_ok=True)
+    files = {}
+    hour_ago = time.time() - 3600
+    for i in range(count):
+        path = make_not_mp4(watch / f"old-{i}.mp4", size)
+        os.utime(path, (hour_ago, hour_ago))
+        files[path.name] = path.read_bytes()
+    return files
+
+
+def completed(processor: Any, count: int, timeout: float) -> list[dict[str, Any]]:
+    return processor.wait_for_event("stream_completed", timeout=timeout, count=count)
+
+
+def rates(proxy: RecordingProxy, start: float, end: float, window: float = 5.0) -> list[float]:
+    """Bytes/s forwarded in each whole ``window`` from ``start`` to ``end``."""
+    found = []
+    while start + window <= end:
+        found.append(proxy.body_bytes_between(start, start + window) / window)
+        start += window
+    return found
+
+
+def check_all(client: Any, bucket: str, files: dict[str, bytes]) -> None:
+    docs = {d["source_path"]: d for d in metadata_documents(client, bucket)}
+    for name, data in files.items():
+        check_stream(client, bucket, docs[name], data)
+
+
+def test_a_cap_of_2mib_s_holds_over_every_5s_window_and_no_cap_is_3x_faster(
+        make_processor: Any, proxy: RecordingProxy, client: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """Four workers, eight finished 15 MiB files: at 2 MiB/s every 5 s window after the
+    first is within 10% of the cap; without the cap the same run is 3x faster."""
+    files = backlog(tmp_path / "in", 8, 15 * MiB)
+    free = make_processor(workers=4)
+    started = time.monotonic()
+    free.start()
+    completed(free, 8, timeout=120)
+    uncapped = time.monotonic() - started
+    free.stop()
+    check_all(client, bucket, files)
+
+    second = tmp_path / "capped"
+    second.mkdir()
+    (second / "in").mkdir()
+    for name, data in files.items():
+        (second / "in" / name).write_bytes(data)
+    capped = make_processor(workers=4)
+    capped.workdir = second
+    capped.bucket = bucket + "-c"
+    proxy.clear()
+    started = time.monotonic()
+    capped.start(extra=["--bwlimit", "2MiB/s"])
+    completed(capped, 8, timeout=150)
+    took = time.monotonic() - started
+    first = proxy.first_body_byte_at()
+    assert first is not None
+    last_body = max(r.answered_at or 0 for r in proxy.requests() if r.method == "PUT")
+    windows = rates(proxy, first + 5, last_body - 1)
+    assert len(windows) >= 8, windows
+    for rate in windows:
+        assert abs(rate / (2 * MiB) - 1) <= 0.10, [round(r / MiB, 3) for r in windows]
+    assert took >= 3 * uncapped, (took, uncapped)
+    check_all(client, capped.bucket, files)
+
+
+def test_a_timetable_entry_changes_the_rate_within_the_run(
+        make_processor: Any, proxy: RecordingProxy, client: Any, bucket: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor's local time is set (with TZ) so that a timetable entry starts 20 s
+    into the run: 1 MiB/s before it, 4 MiB/s after it, measured at the proxy."""
+    switch_in = 20.0
+    utc_switch = datetime.now(timezone.utc) + timedelta(seconds=switch_in)
+    boundary = utc_switch.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    ahead = round((boundary - utc_switch).total_seconds())  # local = UTC + ahead
+    minutes, seconds = divmod(ahead, 60)
+    monkeypatch.setenv("TZ", f"TST-00:{minutes:02d}:{seconds:02d}")
+    local_switch = boundary  # as the processor's local clock reads it
+    before = local_switch - timedelta(minutes=1)
+    table = f"{before:%H:%M},1MiB/s {local_switch:%H:%M},4MiB/s"
+    files = backlog(tmp_path / "in", 6, 15 * MiB)
+    switch_at = time.monotonic() + (utc_switch - datetime.now(timezone.utc)).total_seconds()
+    processor = make_processor(workers=2)
+    processor.start(extra=["--bwlimit", table])
+    wait_until(lambda: time.monotonic() > switch_at + 12, 60, "the switch", every=0.5)
+    slow = proxy.body_bytes_between(switch_at - 12, switch_at - 2) / 10
+    fast = proxy.body_bytes_between(switch_at + 2, switch_at + 12) / 10
+    assert abs(slow / MiB - 1) <= 0.15, (slow / MiB, fast / MiB)
+    assert abs(fast / (4 * MiB) - 1) <= 0.15, (slow / MiB, fast / MiB)
+    changed = processor.wait_for_event("uplink_cap_changed")[0]
+    assert changed["cap"] == "4MiB/s" and changed["was"] == "1MiB/s"
+    completed(processor, 6, timeout=60)
+    check_all(client, bucket, files)
+
+
+def test_live_chunks_go_before_a_200mib_backlog(
+        make_processor: Any, proxy: RecordingProxy, client: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """200 MiB of finished files at start, a 4 MiB/s cap, ffmpeg recording at ~1 MiB/s:
+    each live chunk is in S3 within chunk_size / cap + 3 s of its last byte on disk,
+    and the backlog completes."""
+    cap = 4 * MiB
+    files = backlog(tmp_path / "in", 8, 25 * MiB)
+    processor = make_processor(workers=4)
+    processor.start(extra=["--bwlimit", "4MiB/s"])
+    processor.wait_for_event("chunk_uploaded")  # the backlog is under way
+    live = tmp_path / "in" / "live.mp4"
+    crossed: dict[int, float] = {}  # chunk index -> when its last byte was on disk
+    writer = start_live_writer(live, 45, bitrate_mbps=8.4)
+    stop = threading.Event()
+
+    def watch_size() -> None:
+        while not stop.is_set():
+            size = live.stat().st_size if live.exists() else 0
+            now = time.monotonic()
+            for index in range(size // CHUNK):
+                crossed.setdefault(index, now)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch_size, daemon=True)
+    watcher.start()
+    try:
+        assert writer.wait(timeout=120) == 0
+    finally:
+        stop.set()
+        watcher.join()
+        writer.kill()
+    detected = processor.wait_for_event("stream_detected", lambda e: e["rel_path"] == "live.mp4")
+    prefix = f"/{bucket}/{detected[0]['object_prefix']}/chunks/"
+    completed(processor, 9, timeout=150)
+    visible = {int(r.path.rsplit("/", 1)[1]): r.answered_at for r in proxy.requests()
+               if r.method == "PUT" and r.path.startswith(prefix) and r.status == 200}
+    bound = CHUNK / cap + 3
+    late = {i: round(visible[i] - at, 2) for i, at in crossed.items()
+            if visible.get(i) is None or visible[i] - at > bound}
+    assert len(crossed) >= 6 and not late, (late, bound)
+    check_all(client, bucket, files)
+
+
+def test_a_kill_and_an_outage_under_the_cap_lose_nothing_and_the_cap_holds_after(
+        make_processor: Any, proxy: RecordingProxy, client: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """``kill -9`` mid-backlog and a restart, then S3 unreachable for a while, all under
+    a 4 MiB/s cap: every file arrives whole, and the rate after recovery is the cap."""
+    cap = 4 * MiB
+    files = backlog(tmp_path / "in", 6, 14 * MiB)
+    processor = make_processor(workers=2, extra=["--bwlimit", "4MiB/s"])
+    processor.start()
+    processor.wait_for_event("chunk_uploaded", count=3)
+    processor.kill9()
+    processor.start()
+    processor.wait_for_event("chunk_uploaded", count=2)
+    proxy.set_faults(refuse=True)
+    processor.wait_for_event("s3_retry")
+    proxy.clear_faults()
+    processor.wait_for_event("s3_recovered")
+    recovered = time.monotonic()
+    wait_until(lambda: len(list(metadata_documents(client, bucket))) == len(files), 120,
+               "every file completed", processor.tail, every=0.5)
+    last_body = max(r.answered_at or 0 for r in proxy.requests()
+                    if r.method == "PUT" and "/chunks/" in r.path)
+    windows = rates(proxy, recovered + 2, last_body - 0.5, window=3.0)
+    assert windows, (recovered, last_body)
+    for rate in windows:
+        assert abs(rate / cap - 1) <= 0.10, [round(r / MiB, 3) for r in windows]
+    check_all(client, bucket, files)
