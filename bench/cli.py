@@ -16,6 +16,9 @@ Sections:
            and finalization (``stream_completed`` - (last write + stream timeout)).
   many     hundreds of slowly growing files, 8 workers: supervisor CPU, first-reaction
            (dispatch) latency, backlog trend.
+  uplink   --bwlimit: the metering's CPU per GiB against no cap, and under a cap at half
+           the server's rate, achieved / cap and live chunk visibility with and without
+           live-first (bench/sections/uplink.py).
 
 Exit status is non-zero only when something is broken (a client failed, objects are
 missing or the wrong size, the processor did not finish or exit cleanly), never
@@ -39,6 +42,7 @@ from bench.report import machine_info, report, to_json
 from bench.sections.bulk import bulk_section
 from bench.sections.live import live_latency
 from bench.sections.many import many_streams
+from bench.sections.uplink import uplink_section
 from tests.support.s3server import s3_endpoint
 
 
@@ -47,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="small and fast (< 1 min): 1 worker vs the boto3 loop only")
-    parser.add_argument("--sections", default="bulk,live,many",
-                        help="comma separated subset of bulk,live,many")
+    parser.add_argument("--sections", default="bulk,live,many,uplink",
+                        help="comma separated subset of bulk,live,many,uplink")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache"
                                                     / "video-stream-processor-bench")))
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    workers=8, ramp=5.0, steady=20.0,
                                                    probe_every=0.25, append_every=2.0,
                                                    profile=profile_supervisor)
+            if "uplink" in sections:
+                results["uplink"] = uplink_section(ep, s3, work, files, smoke)
         except Broken as exc:
             print(f"BROKEN: {exc}", file=sys.stderr)
             return 1

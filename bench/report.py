@@ -157,6 +157,23 @@ def report(results: dict[str, Any]) -> str:
         out.append(row(["supervisor_peak_rss_mb", str(m["supervisor_peak_rss_mb"])]))
         out.append(row(["worker_peak_rss_mb", str(m["worker_peak_rss_mb"])]))
         out.append(row(["total_peak_pss_mb", str(m["total_peak_pss_mb"])]))
+    uplink = results.get("uplink")
+    if uplink:
+        out.append("")
+        out.append(f"### Uplink: server {uplink['server_mb_s']} MB/s, cap {uplink['cap_mb_s']} "
+                   f"MB/s, live stream {uplink['live_mb_s']} MB/s")
+        out.append("")
+        out.append(row(["run", "achieved / cap", "live chunks", "visible p50 s",
+                        "visible p99 s", "visible max s"]))
+        out.append(row(["---"] * 6))
+        for mode in ("live-first", "no-priority"):
+            r = uplink[mode]
+            out.append(row([mode, str(r["achieved_over_cap"]), str(r["live_chunks"]),
+                            str(r["live_visible_p50_s"]), str(r["live_visible_p99_s"]),
+                            str(r["live_visible_max_s"])]))
+        out.append("")
+        out.append("metered (--bwlimit 64GiB/s) CPU per GiB / no cap, pair by pair: "
+                   + ", ".join(f"{c:.3f}x" for c in uplink["metered_cpu_per_gib_ratio"]))
     out.append("")
     out.append(targets(results))
     return "\n".join(out)

@@ -127,6 +127,7 @@ class Settings:
     min_free: MinFree | None = None
     delete_dry_run: bool = False
     bwlimit: Timetable | None = None  # the uplink cap (contract §8): none unless set
+    live_first: bool = True  # off only to measure what it gains (bench/sections/uplink.py)
 
     @property
     def retention(self) -> bool:

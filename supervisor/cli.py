@@ -239,6 +239,8 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
               help="Cap on chunk bodies sent by all workers together: a rate (4MiB/s, "
                    "30Mbit/s) or a timetable in local time (\"Mon-Fri 08:00,2MiB/s "
                    "19:00,off\") [default: no cap]")
+@click.option("--live-first/--no-live-first", default=True, hidden=True,
+              help="Live streams before backlog (contract §8); off only to measure it.")
 def cli(**options: Any) -> Settings:
     """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
 

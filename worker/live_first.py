@@ -81,7 +81,8 @@ class LiveFirst:
     of arrival (contract §8), and where each full chunk is sent from."""
 
     def __init__(self, uploader: Uploader, watch_dir: Path, timeout: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], enabled: bool = True) -> None:
+        self.enabled = enabled  # off (--no-live-first): one class, for the bench only
         self.uploader = uploader
         self.timeout = timeout
         self.clock = clock
@@ -89,7 +90,7 @@ class LiveFirst:
         self.any_live = False  # as of the last ``in_turn``
 
     def is_live(self, stream: Stream) -> bool:
-        return stream.live(self.clock(), self.timeout)
+        return self.enabled and stream.live(self.clock(), self.timeout)
 
     def in_turn(self, streams: Iterable[Stream]) -> list[Stream]:
         """The streams in the order they get their turn in this step."""

@@ -65,7 +65,8 @@ class StreamTracker:
         self.refused: set[str] = set()              # paths whose keys S3 would reject
         self.sync_every = SYNC_NEW_STREAMS_EVERY
         self.synced_at = clock()                    # last sync of new streams' records
-        self.order = LiveFirst(uploader, settings.watch_dir, settings.stream_timeout, clock)
+        self.order = LiveFirst(uploader, settings.watch_dir, settings.stream_timeout, clock,
+                               settings.live_first)
         self.lane = self.order.lane
 
     # set-up
