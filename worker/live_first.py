@@ -94,12 +94,16 @@ class LiveFirst:
 
     def in_turn(self, streams: Iterable[Stream]) -> list[Stream]:
         """The streams in the order they get their turn in this step."""
-        everything = list(streams)
-        live = [s for s in everything if self.is_live(s)]
+        live: list[Stream] = []
+        backlog: list[Stream] = []
+        if self.enabled:
+            now = self.clock()
+            for stream in streams:
+                (live if stream.live(now, self.timeout) else backlog).append(stream)
+        else:
+            backlog = list(streams)
         self.any_live = bool(live)
-        if not live:
-            return everything
-        return live + [s for s in everything if not self.is_live(s)]
+        return live + backlog
 
     def send(self, stream: Stream, span: ChunkSpan) -> bool:
         """Send a full chunk: live ones (and all of them while no stream is live) on the

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import CHUNK, GiB, Broken, empty_bucket, listing, log, parse_ts, pct
+from bench.harness import CHUNK, Broken, GiB, empty_bucket, listing, log, parse_ts, pct
 from bench.service import ProcessorRun
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,8 @@ def test_a_cap_of_2mib_s_holds_over_every_5s_window_and_no_cap_is_3x_faster(
     assert first is not None
     last_body = max(r.answered_at or 0 for r in proxy.requests() if r.method == "PUT")
     windows = rates(proxy, first + 5, last_body - 1)
+    print(f"capped {took:.1f} s, uncapped {uncapped:.1f} s; 5 s windows (MiB/s): "
+          f"{[round(r / MiB, 3) for r in windows]}")
     assert len(windows) >= 8, windows
     for rate in windows:
         assert abs(rate / (2 * MiB) - 1) <= 0.10, [round(r / MiB, 3) for r in windows]
@@ -104,7 +106,7 @@ def test_a_timetable_entry_changes_the_rate_within_the_run(
     """The processor's local time is set (with TZ) so that a timetable entry starts 20 s
     into the run: 1 MiB/s before it, 4 MiB/s after it, measured at the proxy."""
     switch_in = 20.0
-    utc_switch = datetime.now(timezone.utc) + timedelta(seconds=switch_in)
+    utc_switch = datetime.now(UTC) + timedelta(seconds=switch_in)
     boundary = utc_switch.replace(second=0, microsecond=0) + timedelta(minutes=1)
     ahead = round((boundary - utc_switch).total_seconds())  # local = UTC + ahead
     minutes, seconds = divmod(ahead, 60)
@@ -113,12 +115,13 @@ def test_a_timetable_entry_changes_the_rate_within_the_run(
     before = local_switch - timedelta(minutes=1)
     table = f"{before:%H:%M},1MiB/s {local_switch:%H:%M},4MiB/s"
     files = backlog(tmp_path / "in", 6, 15 * MiB)
-    switch_at = time.monotonic() + (utc_switch - datetime.now(timezone.utc)).total_seconds()
+    switch_at = time.monotonic() + (utc_switch - datetime.now(UTC)).total_seconds()
     processor = make_processor(workers=2)
     processor.start(extra=["--bwlimit", table])
     wait_until(lambda: time.monotonic() > switch_at + 12, 60, "the switch", every=0.5)
     slow = proxy.body_bytes_between(switch_at - 12, switch_at - 2) / 10
     fast = proxy.body_bytes_between(switch_at + 2, switch_at + 12) / 10
+    print(f"before the entry {slow / MiB:.3f} MiB/s, after it {fast / MiB:.3f} MiB/s")
     assert abs(slow / MiB - 1) <= 0.15, (slow / MiB, fast / MiB)
     assert abs(fast / (4 * MiB) - 1) <= 0.15, (slow / MiB, fast / MiB)
     changed = processor.wait_for_event("uplink_cap_changed")[0]
@@ -165,6 +168,8 @@ def test_live_chunks_go_before_a_200mib_backlog(
     visible = {int(r.path.rsplit("/", 1)[1]): r.answered_at for r in proxy.requests()
                if r.method == "PUT" and r.path.startswith(prefix) and r.status == 200}
     bound = CHUNK / cap + 3
+    delays = sorted(round(visible[i] - at, 2) for i, at in crossed.items() if i in visible)
+    print(f"live chunk visible after its last byte (s): {delays}; bound {bound}")
     late = {i: round(visible[i] - at, 2) for i, at in crossed.items()
             if visible.get(i) is None or visible[i] - at > bound}
     assert len(crossed) >= 6 and not late, (late, bound)
@@ -194,6 +199,7 @@ def test_a_kill_and_an_outage_under_the_cap_lose_nothing_and_the_cap_holds_after
     last_body = max(r.answered_at or 0 for r in proxy.requests()
                     if r.method == "PUT" and "/chunks/" in r.path)
     windows = rates(proxy, recovered + 2, last_body - 0.5, window=3.0)
+    print(f"after recovery, 3 s windows (MiB/s): {[round(r / MiB, 3) for r in windows]}")
     assert windows, (recovered, last_body)
     for rate in windows:
         assert abs(rate / cap - 1) <= 0.10, [round(r / MiB, 3) for r in windows]
