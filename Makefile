@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test test-unit coverage test-faults test-rgw rgw-up rgw-down lint venv system-deps bench bench-smoke docker-smoke clean
+.PHONY: test test-unit coverage test-faults test-full test-rgw rgw-up rgw-down lint venv system-deps bench bench-smoke docker-smoke clean
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -46,6 +46,11 @@ coverage: $(VENV)/.installed system-deps
 # runs them with fewer.
 test-faults: $(VENV)/.installed system-deps
 	FAULTS_FULL=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+# Everything at full size: the fault suite's full repetitions, 2,000 files at once, and
+# the uplink tests with the issue's own sizes (tests/support/scale.py); about 30 min.
+test-full: $(VENV)/.installed system-deps
+	TESTS_FULL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite against Ceph's S3 gateway (radosgw, Debian's ceph 16.2) instead of
 # moto: a throw-away single-node cluster on 127.0.0.1:7480 (needs root for apt-get;

@@ -131,7 +131,7 @@ def parse_bwlimit(text: str) -> Timetable:
     if not words:
         raise ValueError("empty: give a rate (e.g. 4MiB/s) or a timetable")
     if len(words) == 1 and "," not in words[0] and ":" not in words[0] \
-            and not _DAYS.match(words[0]):
+            and (words[0].lower() == "off" or not _DAYS.match(words[0])):
         return Timetable(((0, parse_rate(words[0])),), text.strip())
     found: dict[int, float | None] = {}
     current_days: tuple[int, ...] = tuple(range(7))

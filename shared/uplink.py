@@ -3,27 +3,43 @@
 Why shared memory: the cap is one number for all workers together, and a chunk body
 is paid for piece by piece as it is sent (128 KiB at a time, botocore's send block),
 so a round trip to the supervisor per piece would cost more than the sending. The
-supervisor creates a few doubles (``multiprocessing.RawArray``) and one process-shared
-lock, and hands them to each worker when it spawns it; taking tokens is then a lock, a
-few arithmetic operations and, when the bucket is empty, a short sleep. The supervisor
-writes the current rate from the timetable once a second; every waiter re-reads it at
-least every 50 ms, so a change of rate takes effect within a second.
+supervisor creates a few doubles (``multiprocessing.RawArray``) and a lock file, and
+hands both to each worker when it spawns it; taking tokens is then a lock, a few
+arithmetic operations and, when the bucket is empty, a short sleep. The supervisor
+writes the current rate from the timetable once a second (a plain store: it never
+takes the lock); every waiter re-reads it at least every 50 ms, so a change of rate
+takes effect within a second.
+
+Why a lock file (``flock``) and not a ``multiprocessing.Lock``: a worker killed while
+holding a semaphore leaves it held for good, and every other worker would hang. The
+kernel drops a dead process's ``flock``. Each worker opens the file itself (a lock
+belongs to an open file), and a thread lock orders the worker's own two senders.
 
 Live before backlog, across workers: a worker sending a live chunk stamps its slot
 each time it takes tokens. A backlog body takes none while any slot's stamp is fresh,
 so live chunks get the whole cap and backlog bodies pause mid-send (their connection
 stays open) until no live chunk is being sent.
 
+A backlog body held back that long (``HOLD_AT_MOST``) is let through one piece, so
+that its connection is not left silent long enough for the server to drop it (S3
+answers ``RequestTimeout`` after about 20 s without a byte).
+
 The bucket allows debt: a taker is served when the balance is positive and may leave
 it negative by one piece; the next takers wait until the debt is paid. So any second
-carries at most the cap plus one burst (0.1 s of the cap) plus one piece per worker:
-far within the contract's "one chunk over the cap".
+carries at most the cap plus one burst (0.1 s of the cap) plus one piece per sender
+(the loop and the backlog lane of each worker): far within the contract's "one chunk
+over the cap". Pieces shrink at low rates (a quarter second of the cap, at least
+4 KiB), so the connection never goes quiet for long either.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import multiprocessing
+import os
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +50,8 @@ PIECE = 128 * 1024       # botocore's send block: one take per block read
 BURST_SECONDS = 0.1      # tokens an idle bucket may save up, in seconds of the cap
 LIVE_FRESH = 0.25        # seconds a live sender's stamp holds backlog back
 POLL = 0.05              # longest sleep between two looks at the bucket
+HOLD_AT_MOST = 5.0       # seconds a backlog body is held back before a piece goes
+MIN_PIECE = 4096
 
 _RATE, _TOKENS, _STAMP, _LIVE = 0, 1, 2, 3  # _LIVE + slot: that slot's live stamp
 
@@ -42,39 +60,48 @@ class Uplink:
     """The shared bucket. Made by the supervisor (``Uplink.create``); pickled into each
     worker at spawn, where ``slot`` is set."""
 
-    def __init__(self, values: Any, lock: Any, workers: int) -> None:
+    def __init__(self, values: Any, lock_path: str, workers: int) -> None:
         self._values = values
-        self._lock = lock
+        self.lock_path = lock_path
         self.workers = workers
         self.slot = 0
+        self._fd: int | None = None          # this process's own open of the lock file
+        self._threads = threading.Lock()     # the loop and the backlog lane
 
     @classmethod
     def create(cls, workers: int) -> Uplink:
         spawn = multiprocessing.get_context("spawn")
-        return cls(spawn.RawArray(ctypes.c_double, _LIVE + workers), spawn.Lock(), workers)
+        fd, path = tempfile.mkstemp(prefix="processor-uplink-", suffix=".lock")
+        os.close(fd)
+        return cls(spawn.RawArray(ctypes.c_double, _LIVE + workers), path, workers)
 
     def as_slot(self, slot: int) -> Uplink:
         """The same bucket, as the worker in ``slot`` uses it."""
-        view = Uplink(self._values, self._lock, self.workers)
+        view = Uplink(self._values, self.lock_path, self.workers)
         view.slot = slot
         return view
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"values": self._values, "lock": self._lock, "workers": self.workers}
+        return {"values": self._values, "lock_path": self.lock_path, "workers": self.workers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["values"], state["lock"], state["workers"])  # type: ignore[misc]
+        self.__init__(state["values"], state["lock_path"], state["workers"])  # type: ignore[misc]
 
-    # the supervisor's side
+    def remove(self) -> None:
+        """The supervisor's last act: the lock file goes (workers have exited)."""
+        try:
+            os.unlink(self.lock_path)
+        except OSError:
+            pass
+
+    # the supervisor's side: plain stores of one aligned double, no lock to be stuck on
     def set_rate(self, rate: float | None) -> None:
         """The cap in bytes/s from now on; None for none."""
-        with self._lock:
-            self._values[_RATE] = rate or 0.0
+        self._values[_RATE] = rate or 0.0
 
     def forget_slot(self, slot: int) -> None:
         """A worker died: its live stamp must not hold backlog back."""
-        with self._lock:
-            self._values[_LIVE + slot] = 0.0
+        self._values[_LIVE + slot] = 0.0
 
     # the workers' side
     @property
@@ -82,13 +109,23 @@ class Uplink:
         rate = self._values[_RATE]
         return rate if rate > 0 else None
 
-    def take(self, size: int, live: bool, stopping: Callable[[], bool] = lambda: False
-             ) -> float:
+    def piece(self) -> int:
+        """How much to pay for (and send) at once: a quarter second of the cap, between
+        4 KiB and 128 KiB, so that a slow cap still sends something every quarter second."""
+        rate = self._values[_RATE]
+        return PIECE if rate <= 0 else max(MIN_PIECE, min(PIECE, int(rate / 4)))
+
+    def _locked(self) -> Any:
+        return _FileLock(self)
+
+    def take(self, size: int, live: bool, stopping: Callable[[], bool] = lambda: False,
+             notify: Callable[[], None] | None = None) -> float:
         """Wait until ``size`` bytes may be sent; the seconds waited. Returns at once when
-        there is no cap, and when ``stopping()`` (a drain must not wait on the cap)."""
-        waited = 0.0
+        there is no cap, and when ``stopping()`` (a drain must not wait on the cap).
+        ``notify`` is called while waiting (the worker loop's heartbeat)."""
+        waited = held = 0.0
         while True:
-            with self._lock:
+            with self._locked():
                 values = self._values
                 rate = values[_RATE]
                 if rate <= 0:
@@ -99,16 +136,19 @@ class Uplink:
                 tokens = min(values[_TOKENS] + (now - values[_STAMP]) * rate,
                              max(PIECE, rate * BURST_SECONDS))
                 values[_TOKENS], values[_STAMP] = tokens, now
-                held_back = not live and self._live_sending(now)
+                held_back = not live and held < HOLD_AT_MOST and self._live_sending(now)
                 if tokens > 0 and not held_back:
                     values[_TOKENS] = tokens - size
                     return waited
                 pause = POLL if held_back else min(POLL, -tokens / rate)
             if stopping():
                 return waited
+            if notify is not None:
+                notify()
             pause = max(pause, 0.001)
             time.sleep(pause)
             waited += pause
+            held = held + pause if held_back else 0.0
 
     def _live_sending(self, now: float) -> bool:
         values = self._values
@@ -116,8 +156,31 @@ class Uplink:
 
     def live_done(self) -> None:
         """This worker's live body is sent: backlog may go on at once."""
-        with self._lock:
-            self._values[_LIVE + self.slot] = 0.0
+        self._values[_LIVE + self.slot] = 0.0
+
+
+class _FileLock:
+    """The bucket's lock: this process's threads, then ``flock`` across processes."""
+
+    def __init__(self, uplink: Uplink) -> None:
+        self.uplink = uplink
+
+    def __enter__(self) -> None:
+        uplink = self.uplink
+        uplink._threads.acquire()
+        try:
+            if uplink._fd is None:
+                uplink._fd = os.open(uplink.lock_path, os.O_RDWR | os.O_CLOEXEC)
+            fcntl.flock(uplink._fd, fcntl.LOCK_EX)
+        except BaseException:
+            uplink._threads.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self.uplink._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
+        finally:
+            self.uplink._threads.release()
 
 
 class ThrottledBody:
@@ -132,11 +195,13 @@ class ThrottledBody:
     (``worker.storage`` registers them)."""
 
     def __init__(self, data: bytes | bytearray, uplink: Uplink, live: bool,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 notify: Callable[[], None] | None = None) -> None:
         self._view = memoryview(data)
         self._uplink = uplink
         self._live = live
         self._stopping = stopping
+        self._notify = notify
         self._position = 0
         self._paid = 0          # bytes from 0 already paid for
         self.waited = 0.0       # seconds spent waiting for tokens
@@ -146,12 +211,15 @@ class ThrottledBody:
         return len(self._view)
 
     def read(self, size: int = -1) -> memoryview:
-        end = len(self._view) if size is None or size < 0 else min(
-            len(self._view), self._position + size)
-        if end > self._paid and self.metered:
-            piece = min(max(end - self._paid, PIECE), len(self._view) - self._paid)
-            self.waited += self._uplink.take(piece, self._live, self._stopping)
+        length = len(self._view)
+        end = length if size is None or size < 0 else min(length, self._position + size)
+        if self.metered and end > self._paid:
+            self._paid = max(self._paid, self._position)
+            piece = min(self._uplink.piece(), length - self._paid)
+            self.waited += self._uplink.take(piece, self._live, self._stopping,
+                                             self._notify)
             self._paid += piece
+            end = min(end, self._paid)  # a short read when the cap is slow: read on
         chunk = self._view[self._position:end]
         self._position = end
         return chunk

@@ -362,5 +362,6 @@ class Supervisor:
                     multiprocess.mark_process_dead(slot.pid)
         if self.http is not None:
             self.http.stop()
+        self.cap.close()
         self.inbox.close()
         self.log.info("drain_finished", code=self.exit_code)

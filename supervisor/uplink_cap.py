@@ -57,6 +57,10 @@ class CapKeeper:
                           cap_bytes_per_second=int(rate or 0))
         self.rate = rate
 
+    def close(self) -> None:
+        if self.uplink is not None:
+            self.uplink.remove()
+
     def forget(self, slot: int) -> None:
         if self.uplink is not None:
             self.uplink.forget_slot(slot)

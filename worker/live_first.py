@@ -1,22 +1,26 @@
-"""Live streams before backlog on one worker: backlog chunk PUTs go on a side thread.
+"""Live streams before backlog on one worker (contract §8): live first in each step, and
+backlog chunk bodies sent from a side thread.
 
-A worker uploads each file in order, one request at a time. When it holds both a
-live stream (its file still being written) and backlog (files complete on disk when
-first seen, or idle since), a backlog chunk body under a thin uplink takes seconds to
-send, and a live chunk that became ready meanwhile would wait behind it. So, while the
-worker has a live stream, full chunks of backlog streams are sent here, one at a time,
-and the loop stays free to send live chunks at once (under ``--bwlimit`` a live body
-also takes the cap's tokens before any backlog body, on every worker).
+A stream is live while its file changed within the stream timeout; a file complete on
+disk when first seen, or idle since, is backlog. A worker uploads each file in order,
+one request at a time, but under a thin uplink a backlog body takes seconds to send
+(and under ``--bwlimit`` it pauses whenever any worker sends a live body). Sent from
+the loop, it would hold back every live chunk of its worker, and a new live stream
+would not even be noticed. So full chunks of backlog streams are sent here, one at a
+time, and the loop stays free: live chunks go from the loop at once.
 
 Only the S3 call runs on the lane's thread. The read (into the lane's own buffer, so
-the loop's buffer stays free for live chunks) and the write-ahead intent happen on the
-loop before the hand-off, and the commit after it, when the loop collects the result:
-the state is only ever changed by the loop. A stream with a chunk on the lane is not
-worked on until it is collected. A crash with a PUT on the lane leaves its intent
-pending, settled with a HEAD at the next start as for any chunk.
+the loop's stays free for live chunks) and the write-ahead intent happen on the loop
+before the hand-off, and the commit after it, when the loop collects the result: the
+state is only ever changed by the loop. A stream with a chunk on the lane is not
+worked on until it is collected; the lane wakes the loop when its PUT is done. A
+crash with a PUT on the lane leaves its intent pending, settled with a HEAD at the
+next start as for any chunk.
 
-With no live stream on the worker, backlog is uploaded on the loop as before: no
-thread hop and no second buffer.
+A backlog file's completion (tail, verification, assembly, metadata) runs on the loop,
+between live chunks: it delays them by at most one request, its tail PUT being the
+longest. The tail is sent as live, so that no other worker's live body can hold it
+(and with it this worker's live streams) back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class BacklogLane:
     def __init__(self, uploader: Uploader, watch_dir: Path) -> None:
         self.uploader = uploader
         self.source = SourceFiles(watch_dir)  # its own chunk buffer
+        self.wake: Callable[[], None] = lambda: None  # an idle loop, when the PUT is done
         self._executor: ThreadPoolExecutor | None = None
         self._job: tuple[Stream, PreparedChunk, Future[float]] | None = None
 
@@ -58,6 +63,7 @@ class BacklogLane:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="backlog")
         future = self._executor.submit(self.uploader.send, prepared, False)
+        future.add_done_callback(lambda _: self.wake())
         self._job = (stream, prepared, future)
 
     def collect(self) -> Finished | None:
@@ -87,7 +93,6 @@ class LiveFirst:
         self.timeout = timeout
         self.clock = clock
         self.lane = BacklogLane(uploader, watch_dir)
-        self.any_live = False  # as of the last ``in_turn``
 
     def is_live(self, stream: Stream) -> bool:
         return self.enabled and stream.live(self.clock(), self.timeout)
@@ -102,18 +107,19 @@ class LiveFirst:
                 (live if stream.live(now, self.timeout) else backlog).append(stream)
         else:
             backlog = list(streams)
-        self.any_live = bool(live)
         return live + backlog
 
     def send(self, stream: Stream, span: ChunkSpan) -> bool:
-        """Send a full chunk: live ones (and all of them while no stream is live) on the
-        loop; backlog ones on the lane once it is free. False when it has to wait."""
-        live = self.is_live(stream)
-        if live or not self.any_live:
-            self.uploader.upload_chunk(stream, span, live=live)
+        """Send a full chunk: a live one from the loop, a backlog one on the lane once it
+        is free. False when it has to wait for the lane (in order of arrival)."""
+        if not self.enabled:
+            self.uploader.upload_chunk(stream, span, live=False)
+            return True
+        if self.is_live(stream):
+            self.uploader.upload_chunk(stream, span, live=True)
             return True
         if not self.lane.idle:
-            return False  # waits for the lane, in order of arrival
+            return False
         self.lane.submit(stream, span)
         return True
 

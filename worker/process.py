@@ -173,7 +173,8 @@ class Worker:
             self.log.warning("wal_tail_truncated", bytes=wal.truncated_bytes, path=str(wal.path))
         pending = len(wal.pending())
         self.tracker, close = build_tracker(self.settings, store, wal, make_client(self.settings),
-                                            self.log, self.live, uplink=self.uplink)
+                                            self.log, self.live, uplink=self.uplink,
+                                            wake=lambda: self.mailbox.put(""))
         self.tracker.load()
         # What start-up built (botocore's service model, the client, modules) lives as
         # long as the worker: keep it out of the collector's full passes, which walked it

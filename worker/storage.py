@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -50,6 +51,11 @@ def _metering(on: bool) -> Callable[..., None]:
     def switch(request: Any, **_: Any) -> None:
         if isinstance(request.body, ThrottledBody):
             request.body.metered = on
+            # botocore asks for 100-continue for any body with read(), not for the bytes
+            # it sends uncapped: one more round trip per chunk, and up to a second behind
+            # a proxy that never answers 100. Expect is not signed (SigV4 leaves it out).
+            if "Expect" in request.headers:
+                del request.headers["Expect"]
     return switch
 
 
@@ -57,11 +63,13 @@ class Storage:
     """One bucket seen through one client."""
 
     def __init__(self, client: Any, bucket: str, uplink: Uplink | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 notify: Callable[[], None] | None = None) -> None:
         self.client = client
         self.bucket = bucket
         self.uplink = uplink
         self.stopping = stopping
+        self.notify = notify  # the loop's heartbeat, while its own body waits for tokens
         if uplink is not None:
             # a throttled body pays only for what goes on the wire (see ThrottledBody)
             events = client.meta.events
@@ -105,7 +113,9 @@ class Storage:
                        ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})
             return
         capped = self.uplink.rate is not None
-        body = ThrottledBody(data, self.uplink, live, self.stopping)
+        on_loop = threading.current_thread() is threading.main_thread()
+        body = ThrottledBody(data, self.uplink, live, self.stopping,
+                             self.notify if on_loop else None)
         try:
             self._call("put_chunk", self.client.put_object, Key=key, Body=body,
                        ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})

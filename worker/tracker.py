@@ -234,7 +234,7 @@ class StreamTracker:
             self.log.info("short_chunk_replaced", stream_id=stream.stream_id,
                           index=len(stream.chunks) - 1, size=stream.chunks[-1].size)
             stream.drop_tail()
-        if stream.pending_bytes >= stream.record.chunk_size // 2:
+        if stream.pending_bytes >= stream.record.chunk_size // 2 and self.order.is_live(stream):
             # half a chunk on disk: allocate the buffer now, not after the chunk's last byte
             self.source.reserve_chunk_buffer(stream.record.chunk_size)
         span = stream.next_full_chunk()

@@ -9,7 +9,6 @@ method here may be re-run from the start after a failure or a crash.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from shared.state.records import ChunkRecord
 from shared.state.wal import Intent, WriteAheadLog
 from shared.timefmt import now
 from worker.planning import ChunkSpan
-from worker.settled import SettledFiles
+from worker.settled import FileState, SettledFiles
 from worker.source import SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream
@@ -37,7 +36,7 @@ class PreparedChunk:
     data: bytes | bytearray
     digest: str
     key: str
-    before: os.stat_result   # the file's stat before the read (for settled proofs)
+    proof: FileState | None  # the settled-file proof, judged when the read began
     intent: Intent
 
 
@@ -75,7 +74,8 @@ class Uploader:
                                 durable=span.index < len(stream.chunks),
                                 rel_path=record.rel_path, offset=span.offset, size=span.size,
                                 xxh3_128=digest, key=key)
-        return PreparedChunk(span, data, digest, key, before, intent)
+        # judged now, not at the commit: the chunk may wait on the lane or the cap
+        return PreparedChunk(span, data, digest, key, self.settled.proof(before), intent)
 
     def send(self, prepared: PreparedChunk, live: bool) -> float:
         """The PUT alone; its seconds. Safe on another thread (the backlog lane)."""
@@ -88,9 +88,8 @@ class Uploader:
         span, digest = prepared.span, prepared.digest
         stream.commit_chunk(ChunkRecord(span.index, span.offset, span.size, digest, now()))
         self.wal.done(prepared.intent)
-        proof = self.settled.proof(prepared.before)
-        if proof is not None:
-            stream.settled[span.index] = (proof, digest)
+        if prepared.proof is not None:
+            stream.settled[span.index] = (prepared.proof, digest)
         else:
             stream.settled.pop(span.index, None)
         metrics.CHUNKS_UPLOADED.inc()

@@ -31,13 +31,15 @@ __all__ = ["build_tracker"]
 def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog, client: Any,
                   log: Any, live: Liveness, *, settled: SettledFiles | None = None,
                   prober: Prober | None = None, storage: Storage | None = None,
-                  uplink: Uplink | None = None) -> tuple[StreamTracker, Callable[[], None]]:
+                  uplink: Uplink | None = None, wake: Callable[[], None] = lambda: None
+                  ) -> tuple[StreamTracker, Callable[[], None]]:
     """The tracker with everything under it, and what closes their threads and helper
     process (the caller closes the store and the log it passed in). Tests may hand in
     ``settled``, ``prober`` or ``storage`` (then ``client`` is unused). ``uplink`` is the
-    shared ``--bwlimit`` bucket, when there is a cap."""
+    shared ``--bwlimit`` bucket, when there is a cap; ``wake`` wakes an idle loop (the
+    backlog lane calls it when its PUT is done)."""
     storage = storage if storage is not None else Storage(client, settings.s3_bucket, uplink,
-                                                          live.stopping)
+                                                          live.stopping, live.notify)
     source = SourceFiles(settings.watch_dir)
     settled = settled if settled is not None else SettledFiles(enabled=settings.trust_settled)
     prober = prober if prober is not None else Prober(live.pulse)
@@ -48,6 +50,7 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     retention = Retention(settings, store, wal, storage, log)
     tracker = StreamTracker(settings, store, wal, source, uploader, upload, finalizer, bucket,
                             retention, log)
+    tracker.order.lane.wake = wake
     retention.look_again = tracker.touch
     retention.unload = tracker.unload_stream
 

@@ -24,13 +24,7 @@ from tests.support.bucket import check_stream, list_keys, wait_for_metadata
 from tests.support.proxy import RecordingProxy
 from tests.support.puts import chunk_key, chunk_put_counts
 from tests.support.runner import Processor
-
-FULL = os.environ.get("FAULTS_FULL", "") not in ("", "0", "false", "no")
-
-
-def pick(reduced: Any, full: Any) -> Any:
-    """The reduced value for ``make test``, the full one for ``make test-faults``."""
-    return full if FULL else reduced
+from tests.support.scale import FULL, pick  # noqa: F401  (the fault suite's own names)
 
 
 def seeded(name: str) -> tuple[int, random.Random]:

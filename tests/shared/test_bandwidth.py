@@ -34,6 +34,7 @@ def test_a_single_rate_is_a_constant_cap() -> None:
     table = parse_bwlimit("2MiB/s")
     assert table.constant and str(table) == "2MiB/s"
     assert table.rate_at(datetime(2026, 12, 7, 3, 0)) == 2 * MIB
+    assert parse_bwlimit("off").rate_at(datetime(2026, 12, 7, 3, 0)) is None
 
 
 def test_the_contracts_timetable_holds_each_entry_until_the_next() -> None:

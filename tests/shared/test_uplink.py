@@ -9,7 +9,10 @@ machine); upper bounds are loose.
 from __future__ import annotations
 
 import os
+import threading
 import time
+
+import pytest
 
 from shared.uplink import LIVE_FRESH, PIECE, ThrottledBody, Uplink
 
@@ -106,3 +109,66 @@ def test_a_lower_rate_takes_effect_for_those_already_waiting() -> None:
     started = time.monotonic()
     uplink.take(PIECE, live=True)
     assert time.monotonic() - started < 0.5
+
+
+def test_a_slow_cap_sends_short_pieces_so_the_connection_never_goes_quiet() -> None:
+    uplink = Uplink.create(1)
+    uplink.set_rate(16 * 1024)                  # 16 KiB/s: pieces of 4 KiB, 4 a second
+    body = ThrottledBody(bytearray(64 * 1024), uplink, live=True)
+    body.metered = True
+    first = body.read(PIECE)
+    assert len(first) == 4096 and body.tell() == 4096
+    started = time.monotonic()
+    assert len(body.read(PIECE)) == 4096
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_worker_killed_holding_the_lock_does_not_stop_the_others() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    uplink = Uplink.create(2)
+    uplink.set_rate(64 * MIB)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({uplink.lock_path!r}, os.O_RDWR)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        started = time.monotonic()
+        uplink.take(PIECE, live=False)          # the kernel dropped the dead holder's lock
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.kill()
+        uplink.remove()
+
+
+def test_a_held_back_backlog_body_still_sends_a_piece_now_and_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.uplink
+
+    monkeypatch.setattr(shared.uplink, "HOLD_AT_MOST", 0.5)
+    uplink = Uplink.create(2)
+    uplink.set_rate(64 * MIB)
+    other = uplink.as_slot(1)
+    stop = threading.Event()
+
+    def live_forever() -> None:               # worker 1 sends live without a pause
+        while not stop.is_set():
+            other.take(PIECE, live=True)
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=live_forever)
+    sender.start()
+    try:
+        time.sleep(0.05)
+        started = time.monotonic()
+        uplink.take(PIECE, live=False)
+        assert 0.4 <= time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        sender.join()
