@@ -27,12 +27,14 @@ RUN /opt/venv/bin/pip install --no-cache-dir .
 # --- runtime: the venv, tini and an unprivileged user --------------------------
 FROM ${BASE_IMAGE}
 
-# tini is PID 1: it forwards SIGTERM to the supervisor and reaps zombies.
-# Not version-pinned (DL3008): it comes from the base image's Debian release,
+# tini is PID 1: it forwards SIGTERM to the supervisor and reaps zombies. tzdata:
+# a --bwlimit timetable is read in local time, and TZ=Europe/Berlin needs the zone
+# files (without them glibc falls back to UTC without a word).
+# Not version-pinned (DL3008): they come from the base image's Debian release,
 # and a pinned Debian revision breaks the build whenever that release moves.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini tzdata \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 processor \
