@@ -202,3 +202,28 @@ def test_bad_retention_values_are_one_line_errors(
         workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> None:
     assert option in error_line(argv, capsys)
 
+
+
+def test_the_uplink_is_uncapped_by_default_and_read_from_flag_environment_and_ini(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings([]).bwlimit is None and settings([]).live_first
+    assert str(settings(["--bwlimit", "4MiB/s"]).bwlimit) == "4MiB/s"
+    (workdir / "processor.ini").write_text(
+        "[processor]\nbwlimit = Mon-Fri 08:00,2MiB/s 19:00,off\n")
+    table = settings([]).bwlimit
+    assert table is not None and len(table.entries) == 10 and not table.constant
+    monkeypatch.setenv("PROCESSOR_BWLIMIT", "30Mbit/s")
+    assert str(settings([]).bwlimit) == "30Mbit/s"
+    monkeypatch.setenv("PROCESSOR_BWLIMIT", "")  # empty (compose's default): no cap
+    (workdir / "processor.ini").unlink()
+    assert settings([]).bwlimit is None
+
+
+def test_a_bad_bwlimit_exits_2_saying_why_and_where_it_came_from(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = error_line(["--bwlimit", "4Mb/s"], capsys)
+    assert "'--bwlimit'" in line and "bits or bytes" in line
+    monkeypatch.setenv("PROCESSOR_BWLIMIT", "08:00,2MiB/s 25:00,off")
+    line = error_line([], capsys)
+    assert "not a time of day" in line and "PROCESSOR_BWLIMIT" in line
