@@ -1,4 +1,4 @@
-"""2,000 small recordings (600 in `make test`) appearing at once (a camera fleet
+"""2,000 small recordings (400 in `make test`) appearing at once (a camera fleet
 reconnecting, a restore): every one gets its metadata.json and a byte-identical final
 object."""
 
@@ -21,7 +21,7 @@ from tests.support.scale import pick
 
 pytestmark = pytest.mark.timeout(420)
 
-COUNT = pick(600, 2000)  # make test: 600; make test-full: 2,000
+COUNT = pick(400, 2000)  # make test: 400; make test-full: 2,000
 
 
 def size_of(i: int) -> int:

@@ -136,7 +136,7 @@ def test_kill9_and_restart_with_other_worker_counts(make_processor: Any, client:
     and pending intents follow their paths to the new owners (supervisor/migration.py)."""
     seed, rng = seeded("rescale-crash")
     kills = pick(2, 8)
-    seconds = pick(10.0, 40.0)
+    seconds = pick(8.0, 40.0)
     reliability.seed = seed
     reliability.injected = "kill -9 of the group, restart with another --workers (1-4)"
     started = time.monotonic()

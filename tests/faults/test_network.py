@@ -38,7 +38,7 @@ def test_s3_outage(make_processor: Any, client: Any, bucket: str, proxy: Any,
                    reliability: Row) -> None:
     """Every connection to S3 refused for T seconds in the middle of live streams."""
     seed, rng = seeded("outage")
-    outage = pick(10.0, 60.0)
+    outage = pick(6.0, 60.0)
     reliability.seed, reliability.times = seed, 1
     reliability.injected = f"S3 outage {outage:.0f}s (connections closed at once)"
     started = time.monotonic()
@@ -158,7 +158,7 @@ def test_throttling(make_processor: Any, client: Any, bucket: str, proxy: Any,
     """30% of requests answered 503 SlowDown by the proxy for a period."""
     seed, rng = seeded("throttling")
     proxy.seed(seed)
-    period = pick(10.0, 120.0)
+    period = pick(6.0, 120.0)
     reliability.seed, reliability.times = seed, 1
     reliability.injected = f"30% of requests 503 SlowDown for {period:.0f}s"
     started = time.monotonic()

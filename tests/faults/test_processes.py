@@ -44,7 +44,7 @@ def test_worker_kill9(make_processor: Any, client: Any, bucket: str, proxy: Any,
     processor.start()
     processor.wait_for_event("worker_started", count=2)
     names = ["cam0.mp4", "cam1.mp4", "cam2.mp4"]
-    seconds = pick(10.0, 40.0)
+    seconds = pick(8.0, 40.0)
     writers = [start_live_writer(processor.watch_dir / n, seconds, seed=rng.randrange(2**31))
                for n in names]
     ledger = KillLedger(proxy, bucket)
@@ -141,7 +141,7 @@ def test_sigterm_at_random_moments(make_processor: Any, client: Any, bucket: str
     """SIGTERM N times, each at a random moment of a run: exit 0 within the drain
     timeout every time, and the next start resumes."""
     seed, rng = seeded("sigterm")
-    terms = pick(3, 20)
+    terms = pick(2, 20)
     drain = 8.0
     reliability.seed, reliability.injected = seed, "SIGTERM at a random moment"
     started = time.monotonic()
