@@ -138,12 +138,12 @@ def test_a_timetable_entry_changes_the_rate_within_the_run(
 def test_live_chunks_go_before_a_200mib_backlog(
         make_processor: Any, proxy: RecordingProxy, client: Any, bucket: str,
         tmp_path: Path) -> None:
-    """200 MiB of finished files at start (100 MiB in ``make test``), a 4 MiB/s cap, ffmpeg
+    """200 MiB of finished files at start (80 MiB in ``make test``), a 4 MiB/s cap, ffmpeg
     recording at ~1 MiB/s: each live chunk is in S3 within chunk_size / cap + 3 s of its
     last byte on disk, and the backlog completes."""
     cap = 4 * MiB
-    count = pick(4, 8)
-    files = backlog(tmp_path / "in", count, 25 * MiB)
+    count = 8
+    files = backlog(tmp_path / "in", count, pick(10, 25) * MiB)
     processor = make_processor(workers=4)
     processor.start(extra=["--bwlimit", "4MiB/s"])
     processor.wait_for_event("chunk_uploaded")  # the backlog is under way
@@ -188,13 +188,13 @@ def test_a_kill_and_an_outage_under_the_cap_lose_nothing_and_the_cap_holds_after
     """``kill -9`` mid-backlog and a restart, then S3 unreachable for a while, all under
     a 4 MiB/s cap: every file arrives whole, and the rate after recovery is the cap."""
     cap = 4 * MiB
-    files = backlog(tmp_path / "in", pick(4, 6), 14 * MiB)
+    files = backlog(tmp_path / "in", 6, 14 * MiB)
     processor = make_processor(workers=2, extra=["--bwlimit", "4MiB/s"])
     processor.start()
     processor.wait_for_event("chunk_uploaded", count=3)
     processor.kill9()
     processor.start()
-    processor.wait_for_event("chunk_uploaded", count=2)
+    processor.wait_for_event("chunk_uploaded")  # most of the backlog is still to come
     proxy.set_faults(refuse=True)
     processor.wait_for_event("s3_retry")
     proxy.clear_faults()
