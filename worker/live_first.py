@@ -34,9 +34,7 @@ from worker.source import SourceFiles
 from worker.stream import Stream
 from worker.uploader import PreparedChunk, Uploader
 
-__all__ = ["LiveFirst", "BacklogLane", "Finished"]
-
-Finished = tuple[Stream, PreparedChunk, float | None, BaseException | None]
+__all__ = ["LiveFirst", "BacklogLane"]
 
 
 class BacklogLane:
@@ -66,14 +64,20 @@ class BacklogLane:
         future.add_done_callback(lambda _: self.wake())
         self._job = (stream, prepared, future)
 
-    def collect(self) -> Finished | None:
-        """The PUT that finished, with its seconds or its error; None while it runs."""
+    def collect(self) -> tuple[Stream, Callable[[Stream], bool]] | None:
+        """The stream whose chunk the lane has sent, and the work that commits it (or
+        raises the PUT's error), for the tracker to run as one of its attempts; None while
+        the PUT runs."""
         if self._job is None or not self._job[2].done():
             return None
         stream, prepared, future = self._job
         self._job = None
-        error = future.exception()
-        return stream, prepared, (None if error else future.result()), error
+
+        def settle(stream: Stream) -> bool:
+            self.uploader.commit(stream, prepared, future.result())  # raises its error
+            return True
+
+        return stream, settle
 
     def close(self) -> None:
         """Wait for the PUT in flight (a drain lets it finish at full speed); its result is
@@ -122,23 +126,6 @@ class LiveFirst:
             return False
         self.lane.submit(stream, span)
         return True
-
-    def collect(self) -> tuple[Stream, Callable[[Stream], bool]] | None:
-        """The stream whose backlog chunk the lane has sent, and the work that commits it
-        (or raises the PUT's error), for the tracker to run as one of its attempts."""
-        finished = self.lane.collect()
-        if finished is None:
-            return None
-        stream, prepared, elapsed, error = finished
-
-        def settle(stream: Stream) -> bool:
-            if error is not None:
-                raise error
-            assert elapsed is not None
-            self.uploader.commit(stream, prepared, elapsed)
-            return True
-
-        return stream, settle
 
     def close(self) -> None:
         self.lane.close()

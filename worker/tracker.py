@@ -131,7 +131,7 @@ class StreamTracker:
         """Look at touched paths, then give every due stream one unit of work, calling
         ``between`` after each (the loop's heartbeat and stop check)."""
         did = False
-        sent = self.order.collect()  # the lane's backlog chunk: committed as an attempt
+        sent = self.lane.collect()  # the lane's backlog chunk: committed as an attempt
         if sent is not None:
             did = self._attempt(*sent)
         touched, self.touched = self.touched, set()

@@ -10,7 +10,10 @@ import pytest
 
 from shared.s3 import make_client
 from shared.settings import Settings
-from tests.support.s3server import S3Endpoint
+from tests.support.s3server import S3Endpoint, unique_bucket_name
+from tests.worker.inprocess import InProcessWorkers
+
+IN_PROCESS_CHUNK = 5 << 20  # the chunk size of ``workers``: S3's smallest part
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,18 @@ def worker_client(s3: S3Endpoint) -> Iterator[Any]:
             patch.setenv(name, value)
         yield make_client(Settings(watch_dir=Path("."), s3_endpoint=s3.url,
                                    s3_region=s3.region))
+
+
+@pytest.fixture
+def workers(tmp_path: Path, s3: S3Endpoint,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessWorkers]:
+    """In-process workers on a fresh watch dir, state dir and bucket, with 5 MiB chunks,
+    credentials in the environment; all closed after the test."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    made = InProcessWorkers(tmp_path, s3, unique_bucket_name("inproc"), IN_PROCESS_CHUNK)
+    yield made
+    made.close()
 
 
 @pytest.fixture(scope="module")

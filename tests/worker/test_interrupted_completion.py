@@ -15,29 +15,16 @@ tail chunk is acknowledged: the moment cannot be hit reliably from outside.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
-from tests.support.s3server import S3Endpoint, unique_bucket_name
+from tests.support.s3server import S3Endpoint
 from tests.worker.inprocess import InProcessWorkers, run_until
 from worker.planning import ChunkSpan
 from worker.stream import Stream
 
 CHUNK = 5 << 20
-
-
-@pytest.fixture
-def workers(tmp_path: Path, s3: S3Endpoint,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessWorkers]:
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    made = InProcessWorkers(tmp_path, s3, unique_bucket_name("tail"), CHUNK)
-    yield made
-    made.close()
 
 
 def test_a_file_that_grows_after_its_tail_went_up_is_assembled_whole(

@@ -8,27 +8,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
-from tests.support.s3server import S3Endpoint, unique_bucket_name
 from tests.worker.inprocess import InProcessWorkers, run_until
 
 CHUNK = 5 << 20
-
-
-@pytest.fixture
-def workers(tmp_path: Path, s3: S3Endpoint,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessWorkers]:
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    made = InProcessWorkers(tmp_path, s3, unique_bucket_name("live-first"), CHUNK)
-    yield made
-    made.close()
 
 
 def uploaded(logs: list[dict[str, Any]], stream_id: str) -> list[int]:
