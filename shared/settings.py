@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from shared.bandwidth import Timetable
+from shared.object_policy import ObjectPolicy
 
 __all__ = ["MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "S3_MAX_PARTS", "Settings", "parse_size",
            "parse_extensions", "parse_duration", "MinFree", "parse_min_free"]
@@ -128,6 +129,7 @@ class Settings:
     delete_dry_run: bool = False
     bwlimit: Timetable | None = None  # the uplink cap (contract §8): none unless set
     live_first: bool = True  # off only to measure what it gains (bench/sections/uplink.py)
+    policy: ObjectPolicy = ObjectPolicy()  # encryption, storage class, tags (contract §9)
 
     @property
     def retention(self) -> bool:

@@ -102,7 +102,10 @@ class Supervisor:
         self.log.info("supervisor_started", workers=self.settings.workers,
                       watch_dir=str(self.settings.watch_dir), bucket=self.settings.s3_bucket,
                       metrics_port=self.http.port if self.http else None,
-                      retention=self._retention_summary(), bwlimit=self.cap.describe())
+                      retention=self._retention_summary(), bwlimit=self.cap.describe(),
+                      encryption=self.settings.policy.encryption,
+                      storage_class=self.settings.policy.storage_class,
+                      object_tags=self.settings.policy.tags)
         try:
             while self.state is not State.STOPPED:
                 worker_changed, changes = self._wait()

@@ -22,6 +22,14 @@ import click
 from click.core import ParameterSource
 
 from shared.bandwidth import Timetable, parse_bwlimit
+from shared.object_policy import (
+    SSE_MODES,
+    ObjectPolicy,
+    loopback_endpoint,
+    parse_object_tags,
+    parse_storage_class,
+    read_customer_key,
+)
 from shared.settings import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -241,6 +249,17 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
                    "19:00,off\") [default: no cap]")
 @click.option("--live-first/--no-live-first", default=True, hidden=True,
               help="Live streams before backlog (contract §8); off only to measure it.")
+@click.option("--sse", type=click.Choice(SSE_MODES), default=None,
+              help="Server-side encryption of every object [default: the bucket's]")
+@click.option("--sse-kms-key-id", default=None,
+              help="KMS key for --sse aws:kms [default: the account's S3 key]")
+@click.option("--sse-c-key-file", default=None,
+              help="File of exactly 32 bytes: encrypt every object with this customer "
+                   "key (SSE-C); needs https, or an endpoint on this host")
+@click.option("--storage-class", default=None,
+              help="Storage class of every object, e.g. STANDARD_IA [default: the bucket's]")
+@click.option("--object-tags", default=None,
+              help="Tags of every object: key=value,key=value (or S3's key=value&key=value)")
 def cli(**options: Any) -> Settings:
     """Ship growing MP4 recordings to S3 in ordered chunks; runs until SIGTERM.
 
@@ -252,6 +271,7 @@ def cli(**options: Any) -> Settings:
     options["log_level"] = options["log_level"].lower()
     options["log_format"] = options["log_format"].lower()
     options["s3_endpoint"] = options["s3_endpoint"] or None
+    options["policy"] = object_policy(options)
     settings = Settings(**options)
     if settings.removes_files and not os.access(settings.watch_dir, os.W_OK | os.X_OK):
         # access() answers EROFS for a read-only mount too, root or not
@@ -260,6 +280,32 @@ def cli(**options: Any) -> Settings:
                           f"{str(settings.watch_dir)!r} is read-only or not writable "
                           "by this process (mount it read-write, or use --delete-dry-run)")
     return settings
+
+
+def object_policy(options: dict[str, Any]) -> ObjectPolicy:
+    """Take the bucket-policy options out of ``options`` as one ObjectPolicy; a bad
+    value is a one-line ConfigError naming its option (never an SSE-C key's bytes)."""
+    sse, kms_key_id = options.pop("sse"), options.pop("sse_kms_key_id")
+    key_file, storage_class = options.pop("sse_c_key_file"), options.pop("storage_class")
+    tags = options.pop("object_tags")
+    try:
+        option = "--sse-c-key-file"
+        customer_key = read_customer_key(key_file) if key_file else None
+        option = "--storage-class"
+        storage_class = parse_storage_class(storage_class) if storage_class else None
+        option = "--object-tags"
+        tags = parse_object_tags(tags) if tags else None
+        option = ""  # the combination: its messages name their options
+        policy = ObjectPolicy(sse, kms_key_id or None, customer_key, storage_class, tags)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}" if option else str(exc)) from None
+    endpoint = options["s3_endpoint"]
+    if customer_key is not None and endpoint and urlsplit(endpoint).scheme == "http" \
+            and not loopback_endpoint(endpoint):
+        raise ConfigError("--sse-c-key-file: S3 refuses SSE-C keys over plain http, and "
+                          "the key would cross the network in clear; use an https "
+                          "--s3-endpoint")
+    return policy
 
 
 def _describe_source(exc: click.BadParameter) -> str:

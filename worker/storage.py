@@ -21,6 +21,7 @@ import crc32c
 from botocore.exceptions import ClientError
 
 from shared import metrics
+from shared.object_policy import ObjectPolicy
 from shared.s3 import Cause, ErrorKind, StorageError, cause_of, classify, describe, error_code
 from shared.uplink import ThrottledBody, Uplink
 from worker.backoff import retry_delay
@@ -64,9 +65,11 @@ class Storage:
 
     def __init__(self, client: Any, bucket: str, uplink: Uplink | None = None,
                  stopping: Callable[[], bool] = lambda: False,
-                 notify: Callable[[], None] | None = None) -> None:
+                 notify: Callable[[], None] | None = None,
+                 policy: ObjectPolicy = ObjectPolicy()) -> None:
         self.client = client
         self.bucket = bucket
+        self.policy = policy  # the arguments a bucket policy demands, by request kind
         self.uplink = uplink
         self.stopping = stopping
         self.notify = notify  # the loop's heartbeat, while its own body waits for tokens
@@ -110,7 +113,8 @@ class Storage:
         checksum = _crc32c_b64(data)
         if self.uplink is None:
             self._call("put_chunk", self.client.put_object, Key=key, Body=data,
-                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})
+                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128},
+                       **self.policy.write())
             return
         capped = self.uplink.rate is not None
         on_loop = threading.current_thread() is threading.main_thread()
@@ -118,7 +122,8 @@ class Storage:
                              self.notify if on_loop else None)
         try:
             self._call("put_chunk", self.client.put_object, Key=key, Body=body,
-                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128})
+                       ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128},
+                       **self.policy.write())
         finally:
             body.close()
             metrics.UPLINK_WAIT_SECONDS.labels(**{"class": "live" if live else "backlog"}
@@ -129,7 +134,8 @@ class Storage:
     def _head(self, operation: str, key: str) -> dict[str, Any] | None:
         """HEAD ``key``; None when it does not exist."""
         try:
-            return self._call(operation, self.client.head_object, Key=key)
+            return self._call(operation, self.client.head_object, Key=key,
+                              **self.policy.read())
         except StorageError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return None
@@ -158,7 +164,7 @@ class Storage:
     # the final object: one multipart upload whose parts are copies of the chunks
     def create_upload(self, key: str) -> str:
         return str(self._call("create_multipart_upload", self.client.create_multipart_upload,
-                              Key=key)["UploadId"])
+                              Key=key, **self.policy.write())["UploadId"])
 
     def _call_upload(self, operation: str, fn: Callable[..., T], **kwargs: Any) -> T:
         """``_call`` for a request into a recorded multipart upload: an answer saying the
@@ -174,14 +180,16 @@ class Storage:
         """Copy a chunk object into part ``number``; its ETag. Runs on copy threads."""
         result = self._call_upload("upload_part_copy", self.client.upload_part_copy, Key=key,
                                    UploadId=upload_id, PartNumber=number,
-                                   CopySource={"Bucket": self.bucket, "Key": chunk_key})
+                                   CopySource={"Bucket": self.bucket, "Key": chunk_key},
+                                   **self.policy.part_copy())
         return str(result["CopyPartResult"]["ETag"])
 
     def complete_upload(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         """Complete with parts 1..n, whose ETags are ``etags`` in order."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
         self._call_upload("complete_multipart_upload", self.client.complete_multipart_upload,
-                          Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                          Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                          **self.policy.read())
 
     def upload_exists(self, key: str, upload_id: str) -> bool | None:
         """Whether the multipart upload is still open; None when S3 cannot say now.
@@ -189,7 +197,7 @@ class Storage:
         an aborted upload with NoSuchUpload (moto answers 500)."""
         try:
             self._call("list_parts", self.client.list_parts, Key=key, UploadId=upload_id,
-                       MaxParts=1)
+                       MaxParts=1, **self.policy.read())
         except StorageError as exc:
             if exc.kind is ErrorKind.NOT_FOUND or exc.cause is Cause.UPLOAD_LOST:
                 return False
@@ -205,11 +213,13 @@ class Storage:
                 raise
 
     def put_empty(self, key: str) -> None:
-        self._call("put_object", self.client.put_object, Key=key, Body=b"")
+        self._call("put_object", self.client.put_object, Key=key, Body=b"",
+                   **self.policy.write())
 
     def copy_object(self, key: str, source_key: str) -> None:
         self._call("copy_object", self.client.copy_object, Key=key,
-                   CopySource={"Bucket": self.bucket, "Key": source_key})
+                   CopySource={"Bucket": self.bucket, "Key": source_key},
+                   **self.policy.copy())
 
     def object_size(self, key: str) -> int | None:
         head = self._head("head_object", key)
@@ -218,7 +228,8 @@ class Storage:
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
         self._call("put_metadata", self.client.put_object, Key=key, Body=body,
-                   ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body))
+                   ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body),
+                   **self.policy.write())
 
     def sizes_under(self, prefix: str) -> dict[str, int]:
         """The size of every object under ``prefix``: one request per 1,000 keys."""

@@ -39,7 +39,8 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     shared ``--bwlimit`` bucket, when there is a cap; ``wake`` wakes an idle loop (the
     backlog lane calls it when its PUT is done)."""
     storage = storage if storage is not None else Storage(client, settings.s3_bucket, uplink,
-                                                          live.stopping, live.notify)
+                                                          live.stopping, live.notify,
+                                                          settings.policy)
     source = SourceFiles(settings.watch_dir)
     settled = settled if settled is not None else SettledFiles(enabled=settings.trust_settled)
     prober = prober if prober is not None else Prober(live.pulse)

@@ -1,4 +1,5 @@
-"""The secret access key never appears in logs, metrics, metadata or error output.
+"""The secret access key (and the SSE-C tests' key) never appears in logs, metrics,
+metadata or error output.
 
 The last test greps every artefact this pytest session left: the logs of every
 processor run, every ``/metrics`` scrape, the stderr of failed starts (all under
@@ -21,6 +22,7 @@ from tests.support.bucket import list_keys, read_object, wait_for_metadata
 from tests.support.http import http_get
 from tests.support.runner import processor_command
 from tests.support.s3server import S3Endpoint, free_port
+from tests.support.secrets import SSE_C_TEST_KEY, sse_c_forms
 from tests.support.videos import make_not_mp4
 
 pytestmark = pytest.mark.timeout(180)
@@ -99,11 +101,14 @@ def test_working_run_holds_no_secret(tmp_path: Path, s3: S3Endpoint) -> None:
 def test_no_artefact_of_this_session_holds_the_secret(
         tmp_path_factory: pytest.TempPathFactory, s3: S3Endpoint) -> None:
     secret = s3.secret_key.encode()
+    forbidden = [secret, *sse_c_forms(SSE_C_TEST_KEY)]  # the SSE-C tests' key too
     scanned = 0
     for path in tmp_path_factory.getbasetemp().rglob("*"):
         if path.is_file() and not path.is_symlink() and (
                 path.suffix in (".log", ".txt", ".json") or path.name.startswith("run-")):
-            assert secret not in path.read_bytes(), path
+            data = path.read_bytes()
+            for form in forbidden:
+                assert form not in data, path
             scanned += 1
     assert scanned > 0
     client: Any = s3.client()

@@ -36,24 +36,27 @@ def list_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
     return keys
 
 
-def read_object(client: Any, bucket: str, key: str) -> bytes:
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+def read_object(client: Any, bucket: str, key: str, **read_args: Any) -> bytes:
+    """The object's bytes; ``read_args`` carry an SSE-C key where objects need one."""
+    return client.get_object(Bucket=bucket, Key=key, **read_args)["Body"].read()
 
 
-def metadata_documents(client: Any, bucket: str) -> Iterator[dict[str, Any]]:
+def metadata_documents(client: Any, bucket: str,
+                       read_args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     for key in list_keys(client, bucket):
         if key.endswith("/metadata.json"):
-            yield json.loads(read_object(client, bucket, key))
+            yield json.loads(read_object(client, bucket, key, **(read_args or {})))
 
 
 def wait_for_metadata(client: Any, bucket: str, source_path: str, timeout: float = 90.0,
                       predicate: Callable[[dict[str, Any]], bool] = bool,
-                      processor: Processor | None = None) -> dict[str, Any]:
+                      processor: Processor | None = None,
+                      read_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metadata.json of ``source_path`` once it exists and satisfies ``predicate``;
     fails at once if ``processor`` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
-        docs = [d for d in metadata_documents(client, bucket)
+        docs = [d for d in metadata_documents(client, bucket, read_args)
                 if d["source_path"] == source_path and predicate(d)]
         if docs:
             return docs[-1]
@@ -72,7 +75,7 @@ def _is_rfc3339_utc(text: str) -> bool:
 
 
 def check_stream(client: Any, bucket: str, doc: dict[str, Any], source: bytes,
-                 *, prefix: str = "streams") -> None:
+                 *, prefix: str = "streams", read_args: dict[str, Any] | None = None) -> None:
     """Every invariant of contract §3 for one finished stream whose file holds ``source``."""
     assert doc["schema_version"] == 1
     assert doc["status"] == "complete", doc.get("status")
@@ -92,11 +95,12 @@ def check_stream(client: Any, bucket: str, doc: dict[str, Any], source: bytes,
         if i < len(doc["chunks"]) - 1:
             assert chunk["size"] == doc["chunk_size"]
         assert chunk["xxh3_128"] == xxhash.xxh3_128_hexdigest(part)
-        assert read_object(client, bucket, chunk["key"]) == part, f"chunk {i} differs"
+        assert read_object(client, bucket, chunk["key"], **(read_args or {})) == part, \
+            f"chunk {i} differs"
         assert _is_rfc3339_utc(chunk["uploaded_at"])
         offset += chunk["size"]
     assert offset == len(source)
-    assert read_object(client, bucket, doc["object_key"]) == source
+    assert read_object(client, bucket, doc["object_key"], **(read_args or {})) == source
     for name in ("started_at", "last_write_at", "completed_at"):
         assert _is_rfc3339_utc(doc[name]), name
     assert doc["stream_duration_seconds"] >= 0

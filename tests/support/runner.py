@@ -51,6 +51,7 @@ class Processor:
     stream_timeout: float = 2.0
     drain_timeout: float = 10.0
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. AWS_CA_BUNDLE
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
     _logs: dict[int, LogReader] = field(default_factory=dict, repr=False)
@@ -74,6 +75,7 @@ class Processor:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PROCESSOR_", "AWS_"))}
         env.update(self.endpoint.env())
+        env.update(self.env)
         argv = processor_command() + [
             "--watch-dir", str(self.watch_dir), "--state-dir", str(self.state_dir),
             "--s3-endpoint", self.endpoint.url, "--s3-bucket", self.bucket,
