@@ -149,6 +149,11 @@ rgw gc obj min wait = 60
 rgw gc processor period = 60
 rgw lc debug interval = -1
 rgw dns name = localhost
+# bucket policies (contract §9): SSE-C and SSE-KMS on the plain-http test port, with
+# the testing KMS backend and its one key (its id goes in TEST_S3_KMS_KEY_ID)
+rgw crypt require ssl = false
+rgw crypt s3 kms backend = testing
+rgw crypt s3 kms encryption keys = testkey-1=$(head -c 32 /dev/urandom | base64 -w0)
 CONF
 
 CEPH=(ceph -c "$CONF" --connect-timeout 10)
@@ -214,4 +219,4 @@ for i in $(seq 1 120); do
 done
 
 log "cluster up in $(( $(date +%s) - T0 ))s (data dir $DATA, conf $CONF)"
-echo "export TEST_S3_ENDPOINT=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY AWS_DEFAULT_REGION=us-east-1"
+echo "export TEST_S3_ENDPOINT=http://127.0.0.1:$PORT AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY AWS_DEFAULT_REGION=us-east-1 TEST_S3_KMS_KEY_ID=testkey-1"

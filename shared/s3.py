@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
 
 from shared.settings import Settings
 
@@ -103,6 +103,10 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{error_code(exc) or 'error'} (HTTP {status})"
+    if isinstance(exc, SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        # a private CA not handed to boto3: say where it goes
+        return (f"{type(exc).__name__}: {exc} (for an endpoint signed by a private CA, "
+                "set AWS_CA_BUNDLE to the CA's PEM file)")
     return f"{type(exc).__name__}: {exc}"
 
 

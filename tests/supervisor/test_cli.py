@@ -227,3 +227,70 @@ def test_a_bad_bwlimit_exits_2_saying_why_and_where_it_came_from(
     monkeypatch.setenv("PROCESSOR_BWLIMIT", "08:00,2MiB/s 25:00,off")
     line = error_line([], capsys)
     assert "not a time of day" in line and "PROCESSOR_BWLIMIT" in line
+
+
+def test_bucket_policy_options_from_flag_environment_and_ini(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings([]).policy.write() == {} and settings([]).policy.encryption is None
+    policy = settings(["--sse", "aws:kms", "--sse-kms-key-id", "alias/cams",
+                       "--storage-class", "STANDARD_IA",
+                       "--object-tags", "camera=front door,site=lab"]).policy
+    assert policy.write() == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/cams",
+                              "StorageClass": "STANDARD_IA",
+                              "Tagging": "camera=front%20door&site=lab"}
+    assert policy.part_copy() == {} and policy.read() == {}  # only SSE-C rides on those
+    (workdir / "processor.ini").write_text("[processor]\nobject_tags = a=1&b=x%20y\n")
+    assert settings([]).policy.tags == "a=1&b=x%20y"
+    key = workdir / "k"
+    key.write_bytes(bytes(range(32)))
+    monkeypatch.setenv("PROCESSOR_SSE_C_KEY_FILE", str(key))
+    policy = settings(["--s3-endpoint", "https://s3.example"]).policy
+    assert policy.encryption == "SSE-C" and "SSE-C" not in repr(policy)
+    assert bytes(range(32)) not in repr(policy).encode() and "0x" not in repr(policy)
+    copy = policy.copy()
+    assert copy["SSECustomerKey"] == copy["CopySourceSSECustomerKey"] == bytes(range(32))
+    assert copy["TaggingDirective"] == "REPLACE"
+    assert set(policy.read()) == {"SSECustomerAlgorithm", "SSECustomerKey"}
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--sse", "AES128"], "'--sse'"),
+    (["--sse-kms-key-id", "alias/x"], "--sse-kms-key-id needs --sse aws:kms"),
+    (["--storage-class", "GLACIER"], "--storage-class: GLACIER objects cannot be copied"),
+    (["--storage-class", "standard ia"], "is not a storage class"),
+    (["--object-tags", "camera"], "--object-tags: 'camera' is not key=value"),
+    (["--object-tags", "a=1,a=2"], "tag 'a' is given twice"),
+    (["--object-tags", ",".join(f"k{i}=v" for i in range(11))], "at most 10"),
+    (["--sse-c-key-file", "missing.key"], "cannot read 'missing.key'"),
+])
+def test_bad_bucket_policy_values_are_one_line_errors(
+        workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        expected: str) -> None:
+    assert expected in error_line(argv, capsys)
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 44])
+def test_an_sse_c_key_file_must_hold_exactly_32_bytes(
+        workdir: Path, capsys: pytest.CaptureFixture[str], size: int) -> None:
+    key = workdir / "bad.key"
+    secret = os.urandom(size)
+    key.write_bytes(secret)
+    line = error_line(["--sse-c-key-file", str(key)], capsys)
+    assert f"holds {size} bytes" in line and "exactly 32" in line
+    assert secret.hex() not in line if secret else True
+
+
+def test_sse_c_over_plain_http_is_refused_unless_the_endpoint_is_this_host(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = workdir / "k"
+    key.write_bytes(os.urandom(32))
+    line = error_line(["--sse-c-key-file", str(key), "--s3-endpoint", "http://minio:9000"],
+                      capsys)
+    assert "plain http" in line and "https" in line
+    line = error_line(["--sse-c-key-file", str(key), "--sse", "AES256"], capsys)
+    assert "exclusive" in line
+    for local in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000",
+                  "https://minio:9000"):
+        assert settings(["--sse-c-key-file", str(key), "--s3-endpoint", local]
+                        ).policy.encryption == "SSE-C"
+    assert settings(["--sse-c-key-file", str(key)]).policy.encryption == "SSE-C"  # AWS: https
