@@ -66,6 +66,15 @@ class StreamKeys:
     def chunks_prefix(self) -> str:
         return f"{self.prefix}/chunks/"
 
+    def group(self, index: int) -> str:
+        """Intermediate object ``index`` of a two-level assembly (contract §9), removed
+        once the final object exists."""
+        return f"{self.prefix}/groups/{index:06d}"
+
+    @property
+    def groups_prefix(self) -> str:
+        return f"{self.prefix}/groups/"
+
     @property
     def final_object(self) -> str:
         """The assembled object, named as the source file."""

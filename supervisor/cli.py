@@ -233,8 +233,8 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--log-format", type=click.Choice(["json", "console"], case_sensitive=False),
               default="json")
 @click.option("--max-parts", type=click.IntRange(1, S3_MAX_PARTS), default=S3_MAX_PARTS,
-              hidden=True, help="Parts one multipart upload may have (S3: 10,000); a "
-                                "recording with more chunks keeps them unassembled.")
+              help="Parts one multipart upload may have (S3: 10,000; lower for stores "
+                   "with a lower limit); past it, assembly goes in two levels.")
 @click.option("--delete-after", type=_Duration(), default=None,
               help="Remove a source file this long after it is safely in S3 (e.g. 0s, 15m, "
                    "7d) [default: off]")

@@ -18,6 +18,7 @@ from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.state.wal import WriteAheadLog
 from shared.timefmt import now
+from worker.groups import MAX_OBJECT_BYTES
 from worker.liveness import Liveness
 from worker.media import MediaInfo
 from worker.metadata import build_metadata
@@ -94,16 +95,21 @@ class Finalizer:
         copied_late = 0
         if not self.upload.fits(stream):
             object_key = None
-            self.upload.abandon(stream)
+            self.upload.give_up(stream)
             self.log.error("assembly_impossible", stream_id=stream.stream_id,
-                           chunks=len(stream.chunks), max_parts=self.upload.max_parts)
+                           chunks=len(stream.chunks), max_parts=self.upload.max_parts,
+                           bytes=stream.committed_bytes,
+                           reason="over S3's 5 TiB object limit"
+                           if stream.committed_bytes > MAX_OBJECT_BYTES
+                           else "more groups than --max-parts")
         else:
             copied_late = self._assemble(stream, clock)
         clock.lap("check")
         completed_at = now()
         document = build_metadata(stream.record, stream.chunks, stream.keys, media,
                                   status=status, completed_at=completed_at,
-                                  object_key=object_key)
+                                  object_key=object_key,
+                                  assembly=self._assembly(stream, object_key))
         self.storage.put_json(stream.keys.metadata, document)
         stream.complete(completed_at, verified_ctime_ns)
         clock.lap("metadata")
@@ -178,5 +184,22 @@ class Finalizer:
             raise StorageError("assemble", ErrorKind.TRANSIENT,
                                f"assembled object has {size} bytes, expected "
                                f"{stream.committed_bytes}")
+        if stream.record.group_chunks is not None:
+            # the groups now live in the final object: record that, then remove them
+            self.upload.groups.settle(stream)
+            removed = self.upload.groups.sweep(stream)
+            clock.lap("sweep")
+            self.log.info("groups_removed", stream_id=stream.stream_id, objects=removed)
         self.wal.done(intent)
         return copied
+
+    def _assembly(self, stream: Stream, object_key: str | None) -> dict[str, Any] | None:
+        """How the final object was made, for metadata.json (contract §9)."""
+        if object_key is None:
+            return None
+        chunks = len(stream.chunks)
+        if stream.record.group_chunks is None:
+            return {"method": "multipart_copy" if chunks > 1 or stream.upload_id
+                    else "copy" if chunks else "empty", "levels": 1, "parts": chunks}
+        return {"method": "multipart_copy", "levels": 2, "parts": self.upload.groups.count(stream),
+                "chunks_per_group": stream.record.group_chunks}

@@ -23,6 +23,7 @@ def build_metadata(
     status: str,
     completed_at: float,
     object_key: str | None,
+    assembly: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The document written last to ``P/metadata.json``."""
     total = sum(c.size for c in chunks)
@@ -39,6 +40,7 @@ def build_metadata(
             for c in chunks
         ],
         "object_key": object_key,
+        "assembly": assembly,
         "started_at": rfc3339(record.started_at),
         "last_write_at": rfc3339(record.last_write_at),
         "completed_at": rfc3339(completed_at),

@@ -30,6 +30,7 @@ from shared.s3 import ErrorKind, StorageError
 from shared.state.records import ChunkRecord
 from shared.state.wal import WriteAheadLog
 from worker.backoff import retry_delay
+from worker.groups import MAX_OBJECT_BYTES, Groups
 from worker.liveness import Liveness
 from worker.storage import Storage, UploadLost
 from worker.stream import Stream, StreamState
@@ -64,6 +65,7 @@ class FinalUpload:
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._scan_from: dict[str, tuple[str, int]] = {}  # stream -> (upload, first uncopied)
+        self.groups = Groups(storage, self._pool, max_parts, log)  # past max_parts chunks
 
     def close(self) -> None:
         """Drop queued copies; one in flight ends with its request (it is recopied
@@ -71,11 +73,26 @@ class FinalUpload:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def in_flight(self) -> int:
-        return len(self._copies)
+        return len(self._copies) + self.groups.in_flight()
 
     def fits(self, stream: Stream) -> bool:
-        """Whether the stream's chunks fit in one upload's parts."""
-        return len(stream.chunks) <= self.max_parts
+        """Whether the stream can be assembled: in one upload's parts, or in groups
+        (worker/groups.py), within S3's object limit either way."""
+        if self.groups.needed(stream):
+            return self.groups.fits(stream)
+        return stream.committed_bytes <= MAX_OBJECT_BYTES
+
+    def _level(self, stream: Stream) -> bool:
+        """Whether the stream is assembled in two levels; switches it there (dropping
+        its one-level upload, whose parts are chunks) once it has more chunks than an
+        upload may have parts."""
+        if stream.record.group_chunks is not None:
+            return True
+        if len(stream.chunks) <= self.max_parts:
+            return False
+        self.abandon(stream)
+        self.groups.start(stream)
+        return True
 
     # opening and losing
     def open(self, stream: Stream) -> None:
@@ -98,11 +115,18 @@ class FinalUpload:
         stream.drop_upload()
 
     def abandon(self, stream: Stream) -> None:
-        """Abort the stream's upload: its chunks cannot be assembled (too many parts)."""
+        """Abort the stream's upload: its chunks cannot be assembled this way."""
         upload_id = stream.upload_id
         if upload_id is not None:
             self.storage.abort_upload(stream.keys.final_object, upload_id)
             stream.drop_upload()
+
+    def give_up(self, stream: Stream) -> None:
+        """The stream cannot be assembled at all (past S3's limits): leave nothing
+        unfinished behind; its chunks are the data."""
+        self.abandon(stream)
+        if stream.record.group_chunks is not None:
+            self.groups.sweep(stream)
 
     def forget(self, stream_id: str) -> None:
         """Drop what is kept about a stream that is done."""
@@ -123,12 +147,27 @@ class FinalUpload:
                     or self._retry_at.get(stream.stream_id, 0.0) > self.clock()):
                 continue
             try:
+                if self._level(stream):
+                    did |= self._groups_ahead(stream)
+                    continue
                 if stream.upload_id is None:
                     self.open(stream)
                 did |= self._submit(stream, limit=BACKGROUND_IN_FLIGHT, background=True) > 0
             except StorageError as exc:
                 self._failed(stream.stream_id, exc)
         return did
+
+    def _groups_ahead(self, stream: Stream) -> bool:
+        """Build the full groups and copy them into the final upload, opened once the
+        first group exists; the scan starts at the first group not yet done."""
+        if stream.upload_id is None and stream.record.groups:
+            self.open(stream)
+        hint = self._scan_from.get(stream.stream_id)
+        first = hint[1] if hint is not None and hint[0] == stream.upload_id else 0
+        started, pending = self.groups.submit(stream, full_only=True,
+                                              limit=BACKGROUND_IN_FLIGHT, first=first)
+        self._scan_from[stream.stream_id] = (str(stream.upload_id), pending)
+        return started > 0
 
     def missing(self, stream: Stream) -> list[ChunkRecord]:
         """Chunks that are not parts of the stream's open upload yet."""
@@ -174,7 +213,20 @@ class FinalUpload:
     def harvest(self, streams: Mapping[str, Stream], only: str | None = None) -> int:
         """Record finished copies, one LevelDB batch per stream. A copy made stale by a
         re-upload of its chunk or by a new upload is dropped. Returns how many finished."""
-        finished = 0
+        finished, failures, succeeded = self.groups.harvest(streams, only)
+        for stream_id in succeeded:
+            self._failures.pop(stream_id, None)
+            self._retry_at.pop(stream_id, None)
+        for stream_id, exc, upload_id in failures:
+            stream = streams.get(stream_id)
+            if not isinstance(exc, StorageError):
+                raise exc
+            if stream is not None and upload_id is not None and upload_id == stream.upload_id \
+                    and (isinstance(exc, UploadLost) or self.storage.upload_exists(
+                        stream.keys.final_object, upload_id) is False):
+                self.lose(stream, exc)  # see the one-level copies below
+                continue
+            self._failed(stream_id, exc)
         copied: dict[str, list[ChunkRecord]] = defaultdict(list)
         asked: set[str] = set()  # streams whose upload was looked up in this harvest
         for slot, copy in list(self._copies.items()):
@@ -227,11 +279,12 @@ class FinalUpload:
     def prepare(self, stream: Stream) -> int:
         """Make every chunk a part of the stream's open upload (opening one if needed, and
         replacing a lost one once, at once); returns how many copies that took."""
+        grouped = self._level(stream)
         for attempt in (1, 2):
             if stream.upload_id is None:
                 self.open(stream)
             try:
-                return self._finish(stream)
+                return self._finish_groups(stream) if grouped else self._finish(stream)
             except UploadLost:
                 if attempt == 2:
                     raise
@@ -256,11 +309,33 @@ class FinalUpload:
                                f"{len(missing)} part copies failed")
         return started
 
+    def _finish_groups(self, stream: Stream) -> int:
+        """``_finish`` for a two-level stream: build every group left (the last one,
+        partial, at least) and copy each into the open upload."""
+        upload_id, started = stream.upload_id, 0
+        while True:
+            failures = self._failures.get(stream.stream_id, 0)
+            self._settle(stream)  # earlier jobs first: they may be stale
+            if stream.upload_id != upload_id:  # a copy found the upload gone
+                raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
+            if self._failures.get(stream.stream_id, 0) > failures:
+                raise StorageError("assemble_groups", ErrorKind.TRANSIENT,
+                                   "a group build or copy failed")
+            more, pending = self.groups.submit(stream, full_only=False, limit=None)
+            if pending >= self.groups.count(stream):
+                return started
+            if not more:
+                raise StorageError("assemble_groups", ErrorKind.TRANSIENT,
+                                   f"group {pending} could not be started")
+            started += more
+
     def _settle(self, stream: Stream) -> None:
         streams = {stream.stream_id: stream}
         while True:
             futures = [c.future for c in self._copies.values()
                        if c.stream_id == stream.stream_id]
+            futures += [j.future for j in self.groups.jobs.values()
+                        if j.stream_id == stream.stream_id]
             if not futures:
                 return
             wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -272,9 +347,10 @@ class FinalUpload:
         upload_id = stream.upload_id
         assert upload_id is not None
         key = stream.keys.final_object
+        etags = (self.groups.etags(stream) if stream.record.group_chunks is not None
+                 else [str(c.part_etag) for c in stream.chunks])
         try:
-            self.storage.complete_upload(key, upload_id,
-                                         [str(c.part_etag) for c in stream.chunks])
+            self.storage.complete_upload(key, upload_id, etags)
         except UploadLost as exc:
             self.lose(stream, exc)
             raise

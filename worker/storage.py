@@ -148,16 +148,17 @@ class Storage:
             return None
         return int(head["ContentLength"]), str(head.get("Metadata", {}).get(XXH_META, ""))
 
-    def abort_uploads(self, key: str, keep: str | None = None) -> int:
-        """Abort every unfinished multipart upload of exactly ``key`` except ``keep``
-        (the one a stream record holds); return how many were aborted."""
+    def abort_uploads(self, key: str, keep: str | None = None, *, under: bool = False) -> int:
+        """Abort every unfinished multipart upload of exactly ``key`` (or, ``under``, of
+        any key starting with it) except ``keep`` (the one a stream record holds);
+        return how many were aborted."""
         listing = self._call("list_multipart_uploads", self.client.list_multipart_uploads,
                              Prefix=key)
         aborted = 0
         for upload in listing.get("Uploads", []):
-            if upload["Key"] != key or upload["UploadId"] == keep:
+            if (upload["Key"] != key and not under) or upload["UploadId"] == keep:
                 continue
-            self.abort_upload(key, upload["UploadId"])
+            self.abort_upload(upload["Key"], upload["UploadId"])
             aborted += 1
         return aborted
 
@@ -176,12 +177,16 @@ class Storage:
                 raise UploadLost(exc.operation, ErrorKind.TRANSIENT, exc.detail) from exc
             raise
 
-    def copy_part(self, key: str, upload_id: str, number: int, chunk_key: str) -> str:
-        """Copy a chunk object into part ``number``; its ETag. Runs on copy threads."""
+    def copy_part(self, key: str, upload_id: str, number: int, source_key: str,
+                  source_range: tuple[int, int] | None = None) -> str:
+        """Copy an object (a chunk, a group), or bytes ``[start, end)`` of one, into part
+        ``number``; its ETag. Runs on copy threads."""
+        extra = {} if source_range is None else {
+            "CopySourceRange": f"bytes={source_range[0]}-{source_range[1] - 1}"}
         result = self._call_upload("upload_part_copy", self.client.upload_part_copy, Key=key,
                                    UploadId=upload_id, PartNumber=number,
-                                   CopySource={"Bucket": self.bucket, "Key": chunk_key},
-                                   **self.policy.part_copy())
+                                   CopySource={"Bucket": self.bucket, "Key": source_key},
+                                   **extra, **self.policy.part_copy())
         return str(result["CopyPartResult"]["ETag"])
 
     def complete_upload(self, key: str, upload_id: str, etags: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ import enum
 
 from shared.keys import StreamKeys
 from shared.messages import StreamProgress
-from shared.state.records import ChunkRecord, StreamRecord, StreamStatus
+from shared.state.records import ChunkRecord, GroupRecord, StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from worker.planning import ChunkSpan, chunks_kept_on_reopen, completion_spans, next_full_chunk
 from worker.settled import FileState
@@ -192,6 +192,13 @@ class Stream:
         self._store.commit_parts(self.record, chunks)
         for chunk in chunks:
             self.chunks[chunk.index] = chunk
+
+    def save_groups(self, group_chunks: int | None, groups: list[GroupRecord]) -> None:
+        """The two-level assembly's groups changed (worker/groups.py); ``None``: the
+        stream is assembled in one level again."""
+        self._save(self.record.with_extra(
+            group_chunks=group_chunks,
+            groups=[g.to_json() for g in groups] if group_chunks is not None else None))
 
     def drop_upload(self) -> None:
         """The multipart upload is gone or abandoned: the next one starts afresh."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.routing import path_bytes
 
-__all__ = ["StreamStatus", "ChunkRecord", "StreamRecord", "stream_key", "chunk_key",
+__all__ = ["StreamStatus", "ChunkRecord", "GroupRecord", "StreamRecord", "stream_key", "chunk_key",
            "chunk_prefix", "path_key", "STREAM_PREFIX", "chunk_index_of"]
 
 STREAM_PREFIX = b"s/"
@@ -61,6 +61,31 @@ class ChunkRecord:
         """The same upload of the same bytes (whatever was copied from it since)."""
         return (self.index, self.size, self.xxh3_128, self.uploaded_at) == (
             other.index, other.size, other.xxh3_128, other.uploaded_at)
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One group of a two-level assembly (worker/groups.py), kept in its stream record's
+    ``extra["groups"]`` (so it moves and is forgotten with the stream). ``digest``
+    names the chunks it was built from; ``at`` says where its bytes are: ``group``,
+    the intermediate object, or ``final``, bytes ``[offset, offset + size)`` of the
+    final object (after completion, when intermediates are removed). ``part_upload``
+    and ``part_etag``: its part in the final object's upload, once copied."""
+
+    index: int
+    digest: str
+    size: int
+    at: str = "group"
+    offset: int = 0
+    part_upload: str | None = None
+    part_etag: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupRecord:
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,17 @@ class StreamRecord:
     def source_removed_at(self) -> float | None:
         value = self.extra.get("source_removed_at")
         return None if value is None else float(value)
+
+    @property
+    def group_chunks(self) -> int | None:
+        """Chunks per group when the final object is assembled in two levels (contract
+        §9; its upload's parts are then groups), else None."""
+        value = self.extra.get("group_chunks")
+        return None if value is None else int(value)
+
+    @property
+    def groups(self) -> list[GroupRecord]:
+        return [GroupRecord.from_json(g) for g in self.extra.get("groups", [])]
 
     def with_extra(self, **changes: Any) -> StreamRecord:
         """The record with ``extra`` fields set (None removes one)."""

@@ -1,9 +1,11 @@
 """A recording of more chunks than one multipart upload may have parts (S3: 10,000).
 
 10,001 chunks of 5 MiB is 49 GiB, so the real processes are given a lower limit
-with the hidden ``--max-parts`` option (a parameter of the service, passed to every
-worker in its settings). The README's promise under test: such a file keeps its
-chunks and gets a metadata.json with ``object_key: null``.
+with ``--max-parts`` (a parameter of the service, passed to every worker in its
+settings). Past it, assembly goes in two levels (groups of ``LIMIT`` chunks, at most
+``LIMIT`` groups: tests/e2e/test_two_level.py tries it at length). Past that too, the
+README's promise under test: such a file keeps its chunks and gets a metadata.json
+with ``object_key: null``.
 """
 
 from __future__ import annotations
@@ -61,25 +63,37 @@ def test_file_at_the_part_limit_is_assembled(svc: Service) -> None:
     assert len(doc["chunks"]) == LIMIT
 
 
+def test_file_past_the_part_limit_is_assembled_in_two_levels(svc: Service) -> None:
+    data = write(svc, "grouped.mp4", LIMIT * CHUNK + 1000)
+    doc = wait_for_metadata(svc.client, svc.bucket, "grouped.mp4", processor=svc.processor)
+    check_stream(svc.client, svc.bucket, doc, data)
+    assert doc["assembly"] == {"method": "multipart_copy", "levels": 2, "parts": 2,
+                               "chunks_per_group": LIMIT}
+
+
 def test_file_beyond_the_part_limit_keeps_its_chunks_and_says_so(svc: Service) -> None:
-    data = write(svc, "beyond.mp4", LIMIT * CHUNK + 1000)
+    data = write(svc, "beyond.mp4", LIMIT * LIMIT * CHUNK + 1000)
     doc = wait_for_metadata(svc.client, svc.bucket, "beyond.mp4", processor=svc.processor)
     assert doc["status"] == "complete" and doc["object_key"] is None
-    assert len(doc["chunks"]) == LIMIT + 1 and doc["total_size_bytes"] == len(data)
+    assert len(doc["chunks"]) == LIMIT * LIMIT + 1 and doc["total_size_bytes"] == len(data)
+    assert doc["assembly"] is None
     for c in doc["chunks"]:  # every byte is in S3, in the chunks metadata lists
         assert read_object(svc.client, svc.bucket, c["key"]) == \
             data[c["offset"]:c["offset"] + c["size"]]
     prefix = doc["chunks"][0]["key"].rsplit("/chunks/", 1)[0]
     assert f"{prefix}/beyond.mp4" not in svc.object_keys()  # no half-assembled object
+    assert not [k for k in svc.object_keys() if k.startswith(f"{prefix}/groups/")]
+    assert not svc.client.list_multipart_uploads(Bucket=svc.bucket).get("Uploads")
     (event,) = svc.events("assembly_impossible", stream_id=doc["stream_id"])
-    assert event["chunks"] == LIMIT + 1 and event["max_parts"] == LIMIT
+    assert event["chunks"] == LIMIT * LIMIT + 1 and event["max_parts"] == LIMIT
+    assert event["reason"] == "more groups than --max-parts"
     assert not svc.events("stream_failed")
 
 
 def test_file_beyond_the_part_limit_keeps_its_chunks_without_keep_chunks(
         tmp_path: Path, s3: S3Endpoint) -> None:
     with limited(tmp_path, s3, extra=["--no-keep-chunks"]) as svc:
-        data = write(svc, "beyond.mp4", LIMIT * CHUNK + 1000)
+        data = write(svc, "beyond.mp4", LIMIT * LIMIT * CHUNK + 1000)
         doc = wait_for_metadata(svc.client, svc.bucket, "beyond.mp4", processor=svc.processor)
         assert doc["object_key"] is None
         wait_until(lambda: svc.events("stream_completed"), 30, "stream_completed")

@@ -155,6 +155,8 @@ def end_check(row: Row, processor: Processor, client: Any, bucket: str, proxy: R
     assert strays == [], f"objects of unexpected streams (duplicate lineage?): {strays[:5]}"
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads == [], f"orphaned multipart uploads: {uploads}"
+    groups = [k for k in list_keys(client, bucket, "streams/") if "/groups/" in k]
+    assert groups == [], f"intermediate objects of a two-level assembly left: {groups[:5]}"
     if ledger is not None:
         row.allowed_extra = ledger.uploads_in_flight
         row.notes.update(kills_in_flight=ledger.kills_in_flight,

@@ -37,7 +37,7 @@ class TestCA:
     __test__ = False  # not a pytest class
 
     def __init__(self, directory: Path) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_cert = (x509.CertificateBuilder().subject_name(_name("vsp test CA"))
                    .issuer_name(_name("vsp test CA")).public_key(ca_key.public_key())
