@@ -37,8 +37,9 @@ KEY_MD5 = base64.b64encode(hashlib.md5(SSE_C_TEST_KEY).digest()).decode()
 
 
 def _record_three_kinds(watch_dir: Path) -> dict[str, bytes]:
-    """A real multi-chunk MP4 (a multipart upload of part copies), a one-chunk file
-    (one CopyObject) and an empty one (one empty PUT): every way an object is made."""
+    """A real 3-chunk MP4 (with ``--max-parts 2``: groups, each a multipart upload of
+    part copies, copied into the final upload), a one-chunk file (one CopyObject) and
+    an empty one (one empty PUT): every way an object is made."""
     make_video(watch_dir / "long.mp4", 8, seed=7)
     make_not_mp4(watch_dir / "short.mp4", 700_000)
     (watch_dir / "empty.mp4").write_bytes(b"")
@@ -59,8 +60,10 @@ def _finish(processor: Any, client: Any, bucket: str, sources: dict[str, bytes],
 
 @pytest.mark.parametrize("sse", ["AES256", "aws:kms"])
 def test_every_object_carries_encryption_class_and_tags(make_processor: Any, client: Any,
-                                                        bucket: str, sse: str) -> None:
-    extra = ["--sse", sse, "--storage-class", "STANDARD_IA", "--object-tags", TAG_OPTION]
+                                                        bucket: str, sse: str,
+                                                        proxy: RecordingProxy) -> None:
+    extra = ["--sse", sse, "--storage-class", "STANDARD_IA", "--object-tags", TAG_OPTION,
+             "--max-parts", "2"]
     if sse == "aws:kms":
         extra += ["--sse-kms-key-id", KMS_KEY]
     processor = make_processor(workers=2, stream_timeout=1.0, extra=extra)
@@ -78,6 +81,16 @@ def test_every_object_carries_encryption_class_and_tags(make_processor: Any, cli
         assert head.get("StorageClass") == "STANDARD_IA", (key, head)
         tags = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
         assert {t["Key"]: t["Value"] for t in tags} == TAGS, key
+    # the group objects are gone by now: their creation carried the same headers
+    creates = [r for r in _object_requests(proxy, bucket)
+               if (r.method == "PUT" and "x-amz-copy-source" not in r.headers
+                   and "partNumber" not in r.query) or "uploads" in r.query]
+    assert any("/groups/" in r.path for r in creates), "no group was made"
+    for request in creates:
+        headers = request.headers
+        assert headers.get("x-amz-server-side-encryption") == sse, request.path
+        assert headers.get("x-amz-storage-class") == "STANDARD_IA", request.path
+        assert headers.get("x-amz-tagging") == "camera=front%20door&site=lab", request.path
     started, = processor.wait_for_event("supervisor_started")
     assert (started["encryption"], started["storage_class"]) == (sse, "STANDARD_IA")
 
@@ -114,7 +127,7 @@ def test_sse_c_key_goes_with_every_request_and_never_leaks(
     processor = make_processor(workers=2, stream_timeout=1.0, extra=[
         "--sse-c-key-file", str(key_file), "--storage-class", "STANDARD_IA",
         "--object-tags", TAG_OPTION, "--metrics-port", str(port),
-        "--metrics-host", "127.0.0.1", "--log-level", "debug"])
+        "--metrics-host", "127.0.0.1", "--log-level", "debug", "--max-parts", "2"])
     processor.start()
     sources = _record_three_kinds(processor.watch_dir)
     docs = _finish(processor, client, bucket, sources, read_args=CUSTOMER)
@@ -135,6 +148,7 @@ def test_sse_c_key_goes_with_every_request_and_never_leaks(
                  else "complete" if request.method == "POST" and "uploadId" in request.query
                  else request.method)
     assert {"PUT", "HEAD", "create", "part copy", "complete", "copy"} <= seen, seen
+    assert any("/groups/" in r.path for r in requests), "no group was made"
 
     for key in list_keys(client, bucket):
         head = client.head_object(Bucket=bucket, Key=key, **CUSTOMER)
