@@ -172,6 +172,12 @@ class Finalizer:
                 self.storage.copy_object(key, stream.keys.chunk(0))
             else:
                 self.storage.put_empty(key)
+        elif stream.record.group_chunks is not None and self.upload.groups.assembled(stream):
+            # a crash after the last assembly, or a reopen that changed nothing: the
+            # object is right; its intermediates may still need removing
+            intent = self.wal.begin("assemble", stream_id=stream.stream_id, index=-1,
+                                    rel_path=stream.rel_path, key=key)
+            self.upload.abandon(stream)
         else:
             copied = self.upload.prepare(stream)
             clock.lap("copy")

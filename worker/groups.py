@@ -220,6 +220,20 @@ class Groups:
         return [str(g.part_etag) for g in groups]
 
     # after the final object exists
+    def assembled(self, stream: Stream) -> bool:
+        """Whether the final object already holds exactly these groups: each recorded as
+        in it (only ``settle`` records that, after an assembly of exactly those groups)
+        and built from the chunks the stream has now. True after a crash between
+        completing the upload and writing metadata.json, and after a reopen that
+        changed nothing: then no copy is made again."""
+        groups = {g.index: g for g in stream.record.groups}
+        if any(index >= self.count(stream) for index in groups):
+            return False  # the object holds more than the stream's chunks now
+        return all(
+            (group := groups.get(index)) is not None and group.at == "final"
+            and group.digest == group_digest(self.members(stream, index))
+            for index in range(self.count(stream)))
+
     def settle(self, stream: Stream) -> None:
         """The final object is complete: its groups now live in it, at these offsets.
         Recorded before the intermediates are removed, so that no crash can leave a

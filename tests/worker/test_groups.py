@@ -95,10 +95,14 @@ def test_a_reopen_rebuilds_only_the_group_it_touches(tmp_path: Path, worker_clie
         stream = parts.recording("cam.mp4", full_chunks=3, tail=1000)
         _finish(parts, stream)
         first = parts.final_bytes(stream)
+        assert parts.upload.groups.assembled(stream)  # a retry would copy nothing
         stream.complete(1.0)
 
         stream.reopen(keep_chunks=True)  # grows: the 1000-byte tail becomes a full chunk
+        # the short tail is dropped, to be replaced: the object holds more than that
+        assert not parts.upload.groups.assembled(stream)
         _grow(parts, stream, b"n" * CHUNK)
+        assert not parts.upload.groups.assembled(stream)
         builds = []
         original = parts.upload.groups._build
 
