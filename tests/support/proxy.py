@@ -579,7 +579,11 @@ class RecordingProxy:
                 client.sendall(b"".join(lines))
                 continue
             item = pending.popleft() if pending else None
+            early = False  # answered before its body was forwarded (Expect: 100-continue)
             if item is not None:
+                with self._lock:
+                    early = (item.head.headers.get("expect", "").lower() == "100-continue"
+                             and not self._records[item.key].complete)
                 plan = self.faults
                 if plan.response_delay > 0 and (plan.match is None or plan.match(item.head)):
                     self._inject("delayed_response", item.head, status)
@@ -595,6 +599,13 @@ class RecordingProxy:
                 "transfer-encoding", ""
             ):
                 break  # close-delimited body: the connection is over
+            if early:
+                # a server refusing a request before its body (radosgw's 400s) leaves the
+                # client free to skip the body and reuse the connection: the request
+                # relay, waiting for that body, would read the next request as it. End
+                # the connection instead, as the client's next request will find.
+                client.shutdown(socket.SHUT_RDWR)
+                return
         client.shutdown(socket.SHUT_WR)  # mirror the server's half-close
 
     def _update(self, item: _Pending, **changes: Any) -> None:

@@ -553,3 +553,41 @@ def test_response_delay_holds_the_answer_after_the_server_acted(
     assert put.complete and put.status == 200 and put.answered_at is not None
     assert put.answered_at - put.started_at >= 1.0
     assert proxy.fault_counts() == {"delayed_response": 1}
+
+
+def test_an_answer_before_the_body_of_an_expect_request_ends_the_connection() -> None:
+    """A server may refuse an ``Expect: 100-continue`` request from its head alone
+    (radosgw answers a bad storage class with 400); the client then skips the body and
+    may reuse the connection. The proxy cannot tell that next request from the body it
+    still waits for, so it ends the connection after relaying the answer."""
+    refused = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad"
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def refuse_at_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                head += chunk
+            received.append(head)
+            conn.sendall(refused)
+            while chunk := conn.recv(65536):  # keep-alive: whatever follows
+                received.append(chunk)
+        listener.close()
+
+    threading.Thread(target=refuse_at_once, daemon=True).start()
+    with RecordingProxy(f"http://127.0.0.1:{listener.getsockname()[1]}") as proxy:
+        with socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=30) as c:
+            c.sendall(b"PUT /k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                      b"Content-Length: 300\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"bad"):
+                reply += c.recv(65536)
+            assert reply == refused
+            c.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # no body: reused
+            assert c.recv(65536) == b""  # the proxy ended the connection
+        assert proxy.errors == []
+        assert [(r.method, r.status, r.complete) for r in proxy.requests()] == [
+            ("PUT", 400, False)]
+    assert b"GET /next" not in b"".join(received)
