@@ -78,6 +78,8 @@ def classify(exc: BaseException) -> ErrorKind:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in _NOT_FOUND or status == 404 and code != "NoSuchBucket":
             return ErrorKind.NOT_FOUND
+        if status == 501 or code == "NotImplemented":  # this server will not do it
+            return ErrorKind.PERMANENT
         if status >= 500 or status == 429 or code in _TRANSIENT_4XX:
             return ErrorKind.TRANSIENT
         return ErrorKind.PERMANENT

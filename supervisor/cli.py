@@ -299,7 +299,9 @@ def object_policy(options: dict[str, Any]) -> ObjectPolicy:
         policy = ObjectPolicy(sse, kms_key_id or None, customer_key, storage_class, tags)
     except ValueError as exc:
         raise ConfigError(f"{option}: {exc}" if option else str(exc)) from None
-    endpoint = options["s3_endpoint"]
+    # boto3 also takes the endpoint from the environment when no option names one
+    endpoint = (options["s3_endpoint"] or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
     if customer_key is not None and endpoint and urlsplit(endpoint).scheme == "http" \
             and not loopback_endpoint(endpoint):
         raise ConfigError("--sse-c-key-file: S3 refuses SSE-C keys over plain http, and "

@@ -164,7 +164,10 @@ class Finalizer:
         many part copies were left for now (the rest were made while recording)."""
         key = stream.keys.final_object
         copied = 0
-        if stream.upload_id is None and len(stream.chunks) <= 1:
+        # one chunk: one CopyObject, unless encrypted (radosgw before Tentacle answers
+        # CopyObject of an encrypted source with 501; UploadPartCopy works everywhere)
+        if stream.upload_id is None and (not stream.chunks or len(stream.chunks) == 1
+                                         and self.storage.policy.encryption is None):
             intent = self.wal.begin("assemble", stream_id=stream.stream_id, index=-1,
                                     rel_path=stream.rel_path, key=key)
             self.storage.abort_uploads(key)  # leftovers of an attempt cut short
@@ -172,6 +175,11 @@ class Finalizer:
                 self.storage.copy_object(key, stream.keys.chunk(0))
             else:
                 self.storage.put_empty(key)
+            if stream.record.group_chunks is not None:
+                # a two-level stream that ended with at most a chunk (it was uploaded
+                # again after a reopen without kept chunks): no group is in this object
+                self.upload.groups.sweep(stream)
+                stream.save_groups(None, [])
         elif stream.record.group_chunks is not None and self.upload.groups.assembled(stream):
             # a crash after the last assembly, or a reopen that changed nothing: the
             # object is right; its intermediates may still need removing

@@ -31,6 +31,7 @@ from typing import Any
 
 import xxhash
 
+from shared.s3 import ErrorKind, StorageError
 from shared.state.records import ChunkRecord, GroupRecord
 from worker.storage import Storage
 from worker.stream import Stream
@@ -39,6 +40,8 @@ __all__ = ["Groups", "chunks_per_group", "MAX_OBJECT_BYTES", "MAX_PART_BYTES"]
 
 MAX_OBJECT_BYTES = 5 * 1024**4  # S3's limit on one object (5 TiB)
 MAX_PART_BYTES = 5 * 1024**3    # and on one part: a group is at most this
+BUILD_THREADS_BACKGROUND = 2    # copies in flight per group build while recording
+BUILD_THREADS_COMPLETION = 8    # and at completion
 
 
 def chunks_per_group(max_parts: int, chunk_size: int) -> int:
@@ -87,9 +90,11 @@ class Groups:
         return (len(stream.chunks) + size - 1) // size
 
     def fits(self, stream: Stream) -> bool:
-        """Within S3's object limit, and in as many groups as an upload has parts."""
+        """Within S3's object limit, in as many groups as an upload has parts, each of
+        as many (a lowered --max-parts cannot take groups recorded before)."""
         return (stream.committed_bytes <= MAX_OBJECT_BYTES
-                and self.count(stream) <= self.max_parts)
+                and self.count(stream) <= self.max_parts
+                and self.size(stream) <= self.max_parts)
 
     def start(self, stream: Stream) -> None:
         """Record that the stream's final upload holds groups (its caller has dropped a
@@ -127,9 +132,12 @@ class Groups:
             if limit is not None and len(self.jobs) >= limit:
                 break
             if group is None or group.digest != digest:
+                # at completion a build's copies run in parallel (it is what is waited
+                # for); in the background, two at a time beside the other work
+                threads = BUILD_THREADS_BACKGROUND if full_only else BUILD_THREADS_COMPLETION
                 started += self._start(stream, index, "build", digest, None,
                                        self._build, stream.keys.group(index),
-                                       [stream.keys.chunk(c.index) for c in members])
+                                       [stream.keys.chunk(c.index) for c in members], threads)
             elif stream.upload_id is not None:
                 source, span = self._source(stream, group)
                 started += self._start(stream, index, "copy", digest, stream.upload_id,
@@ -151,15 +159,21 @@ class Groups:
                                self.pool.submit(fn, *args))
         return 1
 
-    def _build(self, key: str, chunk_keys: list[str]) -> int:
+    def _build(self, key: str, chunk_keys: list[str], threads: int) -> int:
         """On a copy thread: the group object from its chunks, in one multipart upload
-        (any left by an attempt cut short aborted first). Returns nothing useful: the
-        loop records the group from its chunk records."""
+        (any left by an attempt cut short aborted first), its copies ``threads`` at a
+        time. A drain stops it between copies, so that SIGTERM is not held up by up to
+        512 of them. Returns how many chunks it holds."""
         self.storage.abort_uploads(key)
         upload_id = self.storage.create_upload(key)
+
+        def copy(number: int) -> str:
+            if self.storage.stopping():
+                raise StorageError("build_group", ErrorKind.TRANSIENT, "the worker is stopping")
+            return self.storage.copy_part(key, upload_id, number, chunk_keys[number - 1])
         try:
-            etags = [self.storage.copy_part(key, upload_id, number, chunk_key)
-                     for number, chunk_key in enumerate(chunk_keys, start=1)]
+            with ThreadPoolExecutor(threads, thread_name_prefix="group-copy") as copies:
+                etags = list(copies.map(copy, range(1, len(chunk_keys) + 1)))
             self.storage.complete_upload(key, upload_id, etags)
         except BaseException:
             try:
@@ -191,6 +205,11 @@ class Groups:
             except Exception as exc:  # noqa: BLE001 - reported to the caller, who backs off
                 if stream is None or job.upload_id in (None, stream.upload_id):
                     failures.append((job.stream_id, exc, job.upload_id))
+                if stream is not None and job.kind == "copy" and isinstance(exc, StorageError) \
+                        and exc.kind is ErrorKind.NOT_FOUND:
+                    # its source is gone (removed behind our back): build it again
+                    updates.setdefault(job.stream_id, {g.index: g for g in stream.record.groups}
+                                       ).pop(job.index, None)
                 continue  # else a copy into an upload since replaced: nothing to report
             succeeded.add(job.stream_id)
             if stream is None or stream.record.group_chunks is None:
@@ -218,6 +237,12 @@ class Groups:
         groups = sorted(stream.record.groups, key=lambda g: g.index)[:self.count(stream)]
         assert [g.index for g in groups] == list(range(self.count(stream)))
         return [str(g.part_etag) for g in groups]
+
+    def forget_intermediates(self, stream: Stream) -> None:
+        """The intermediates were removed without an assembly: forget the groups that
+        lived there (those in the final object of an earlier completion stay)."""
+        stream.save_groups(stream.record.group_chunks,
+                           [g for g in stream.record.groups if g.at == "final"])
 
     # after the final object exists
     def assembled(self, stream: Stream) -> bool:

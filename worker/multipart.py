@@ -65,6 +65,7 @@ class FinalUpload:
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._scan_from: dict[str, tuple[str, int]] = {}  # stream -> (upload, first uncopied)
+        self._last_failure: dict[str, tuple[int, StorageError]] = {}  # stream -> (count, last)
         self.groups = Groups(storage, self._pool, max_parts, log)  # past max_parts chunks
 
     def close(self) -> None:
@@ -123,14 +124,19 @@ class FinalUpload:
 
     def give_up(self, stream: Stream) -> None:
         """The stream cannot be assembled at all (past S3's limits): leave nothing
-        unfinished behind; its chunks are the data."""
+        unfinished behind; its chunks are the data. Its group builds in flight end
+        first, so that none completes after the sweep; the groups it removed are
+        forgotten, so that a later assembly builds them again."""
+        self._settle(stream)
         self.abandon(stream)
         if stream.record.group_chunks is not None:
             self.groups.sweep(stream)
+            self.groups.forget_intermediates(stream)
 
     def forget(self, stream_id: str) -> None:
         """Drop what is kept about a stream that is done."""
         self._scan_from.pop(stream_id, None)
+        self._last_failure.pop(stream_id, None)
         self._failures.pop(stream_id, None)
         self._retry_at.pop(stream_id, None)
 
@@ -266,6 +272,8 @@ class FinalUpload:
     def _failed(self, stream_id: str, exc: StorageError) -> None:
         """A background copy (or opening the upload) failed: back off this stream's
         copies; completion will copy again, and report the error if it persists."""
+        count = self._last_failure.get(stream_id, (0, exc))[0]
+        self._last_failure[stream_id] = (count + 1, exc)  # what completion raises
         failures = self._failures.get(stream_id, 0) + 1
         self._failures[stream_id] = failures
         delay = retry_delay(exc.kind, failures)
@@ -313,14 +321,10 @@ class FinalUpload:
         """``_finish`` for a two-level stream: build every group left (the last one,
         partial, at least) and copy each into the open upload."""
         upload_id, started = stream.upload_id, 0
+        self._settle(stream)  # earlier jobs first: they may be stale (their failures too)
         while True:
-            failures = self._failures.get(stream.stream_id, 0)
-            self._settle(stream)  # earlier jobs first: they may be stale
             if stream.upload_id != upload_id:  # a copy found the upload gone
                 raise UploadLost("upload_part_copy", ErrorKind.TRANSIENT, "NoSuchUpload")
-            if self._failures.get(stream.stream_id, 0) > failures:
-                raise StorageError("assemble_groups", ErrorKind.TRANSIENT,
-                                   "a group build or copy failed")
             more, pending = self.groups.submit(stream, full_only=False, limit=None)
             if pending >= self.groups.count(stream):
                 return started
@@ -328,6 +332,11 @@ class FinalUpload:
                 raise StorageError("assemble_groups", ErrorKind.TRANSIENT,
                                    f"group {pending} could not be started")
             started += more
+            failures = self._last_failure.get(stream.stream_id, (0, None))[0]
+            self._settle(stream)
+            count, error = self._last_failure.get(stream.stream_id, (0, None))
+            if count > failures and error is not None:
+                raise error  # its own kind: a KMS AccessDenied is not retried soon
 
     def _settle(self, stream: Stream) -> None:
         streams = {stream.stream_id: stream}

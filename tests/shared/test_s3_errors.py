@@ -35,7 +35,7 @@ def test_transient_client_errors(code: str, status: int) -> None:
 
 @pytest.mark.parametrize(("code", "status"), [
     ("AccessDenied", 403), ("NoSuchBucket", 404), ("InvalidAccessKeyId", 403),
-    ("SignatureDoesNotMatch", 403),
+    ("SignatureDoesNotMatch", 403), ("NotImplemented", 501), ("", 501),
 ])
 def test_permanent_client_errors(code: str, status: int) -> None:
     """Access, credential and missing-bucket errors are PERMANENT."""

@@ -294,3 +294,12 @@ def test_sse_c_over_plain_http_is_refused_unless_the_endpoint_is_this_host(
         assert settings(["--sse-c-key-file", str(key), "--s3-endpoint", local]
                         ).policy.encryption == "SSE-C"
     assert settings(["--sse-c-key-file", str(key)]).policy.encryption == "SSE-C"  # AWS: https
+
+
+def test_sse_c_also_checks_an_endpoint_from_boto3s_environment(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    key = workdir / "k"
+    key.write_bytes(os.urandom(32))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.lan:9000")
+    assert "plain http" in error_line(["--sse-c-key-file", str(key)], capsys)

@@ -13,12 +13,20 @@ on disk rebuilds its group only.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
+
+from shared.s3 import StorageError
 from shared.state.records import ChunkRecord
 from tests.worker.test_multipart import CHUNK, Parts
 from worker.groups import MAX_OBJECT_BYTES, chunks_per_group, group_digest
+from worker.liveness import NEVER_STOPS
+from worker.multipart import FinalUpload
 from worker.stream import Stream
 
 
@@ -106,9 +114,9 @@ def test_a_reopen_rebuilds_only_the_group_it_touches(tmp_path: Path, worker_clie
         builds = []
         original = parts.upload.groups._build
 
-        def counted(key: str, chunk_keys: list[str]) -> int:
+        def counted(key: str, chunk_keys: list[str], threads: int) -> int:
             builds.append(key)
-            return original(key, chunk_keys)
+            return original(key, chunk_keys, threads)
         parts.upload.groups._build = counted  # type: ignore[method-assign]
         _finish(parts, stream)
         # groups of 3: chunk 3 (the old tail) changed and chunk 4 is new, so group 1 is
@@ -132,5 +140,62 @@ def test_past_5_tib_or_too_many_groups_does_not_fit(tmp_path: Path, worker_clien
         huge = parts.recording("huge.mp4", full_chunks=1, tail=0)
         huge.chunks[0] = ChunkRecord(0, 0, MAX_OBJECT_BYTES + 1, "0" * 32, 1.0)
         assert not parts.upload.fits(huge)
+    finally:
+        parts.close()
+
+
+def test_give_up_waits_for_builds_and_forgets_the_groups_it_removed(
+        tmp_path: Path, worker_client: Any, plain: Any) -> None:
+    """A stream past the limits with group builds in flight: nothing is left once they
+    end, and with a higher limit later (the operator raised --max-parts) it is
+    assembled, its removed groups built again rather than copied from nowhere."""
+    parts = Parts(tmp_path, worker_client, plain, max_parts=2)
+    try:
+        stream = parts.recording("cam.mp4", full_chunks=5, tail=0)  # 3 groups of 2
+        original = parts.storage.copy_part
+
+        def slow(*args: Any, **kwargs: Any) -> str:
+            time.sleep(0.3)
+            return original(*args, **kwargs)
+        parts.storage.copy_part = slow  # type: ignore[method-assign]
+        stream.save_groups(2, [])
+        parts.upload.groups.submit(stream, full_only=True, limit=None)
+        assert parts.upload.groups.in_flight() == 2 and not parts.upload.fits(stream)
+        parts.upload.give_up(stream)
+        assert parts.upload.groups.in_flight() == 0 and _leftovers(parts, stream) == []
+        assert stream.record.groups == []  # built, then removed: forgotten
+        parts.storage.copy_part = original  # type: ignore[method-assign]
+
+        parts.upload.close()
+        parts.upload = FinalUpload(parts.storage, parts.wal, structlog.get_logger(),
+                                   NEVER_STOPS, max_parts=3)
+        stream.chunks.pop()  # 4 chunks: 2 groups of 2 fit in 3 parts
+        assert parts.upload.fits(stream)
+        parts.upload.prepare(stream)
+        parts.upload.complete(stream)
+        assert parts.final_bytes(stream) == (parts.watch / "cam.mp4").read_bytes()[:4 * CHUNK]
+    finally:
+        parts.close()
+
+
+def test_a_drain_stops_a_group_build_between_copies(tmp_path: Path, worker_client: Any,
+                                                    plain: Any) -> None:
+    stopping = threading.Event()
+    parts = Parts(tmp_path, worker_client, plain, max_parts=4)
+    try:
+        parts.storage.stopping = stopping.is_set
+        stream = parts.recording("cam.mp4", full_chunks=4, tail=0)
+        original = parts.storage.copy_part
+        calls = []
+
+        def copy_then_stop(*args: Any, **kwargs: Any) -> str:
+            calls.append(args)
+            stopping.set()  # SIGTERM arrives during the first copies
+            return original(*args, **kwargs)
+        parts.storage.copy_part = copy_then_stop  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="stopping"):
+            parts.upload.groups._build(stream.keys.group(0),
+                                       [stream.keys.chunk(i) for i in range(4)], 1)
+        assert len(calls) == 1 and _leftovers(parts, stream) == []  # its upload aborted
     finally:
         parts.close()
