@@ -199,7 +199,8 @@ done
 # pre-create the rgw pools (size 1, 8 PGs) so the first bucket creation is fast
 log "creating rgw pools"
 for pool in .rgw.root default.rgw.control default.rgw.meta default.rgw.log \
-            default.rgw.buckets.index default.rgw.buckets.non-ec default.rgw.buckets.data; do
+            default.rgw.buckets.index default.rgw.buckets.non-ec default.rgw.buckets.data \
+            default.rgw.STANDARD_IA.data; do
   "${CEPH[@]}" osd pool create "$pool" 8 8 replicated >/dev/null 2>&1 || die "pool create $pool failed"
   "${CEPH[@]}" osd pool application enable "$pool" rgw >/dev/null 2>&1 || die "pool application enable $pool failed"
 done
@@ -209,6 +210,15 @@ log "creating S3 user"
 radosgw-admin -c "$CONF" user create --uid=bench --display-name="bench user" \
   --access-key="$ACCESS_KEY" --secret-key="$SECRET_KEY" > "$DATA/log/user-create.json" 2>> "$DATA/log/radosgw-admin.out" \
   || die "radosgw-admin user create failed; see $DATA/log/radosgw-admin.out"
+# a second storage class, for --storage-class (contract §9): rgw refuses unknown ones
+log "adding storage class STANDARD_IA to default-placement"
+radosgw-admin -c "$CONF" zonegroup placement add --rgw-zonegroup default \
+  --placement-id default-placement --storage-class STANDARD_IA \
+  >> "$DATA/log/radosgw-admin.out" 2>&1 || die "zonegroup placement add failed"
+radosgw-admin -c "$CONF" zone placement add --rgw-zone default \
+  --placement-id default-placement --storage-class STANDARD_IA \
+  --data-pool default.rgw.STANDARD_IA.data \
+  >> "$DATA/log/radosgw-admin.out" 2>&1 || die "zone placement add failed"
 log "starting radosgw on 127.0.0.1:$PORT"
 start client.rgw.a radosgw -n client.rgw.a
 for i in $(seq 1 120); do
