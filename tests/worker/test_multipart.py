@@ -138,8 +138,9 @@ def test_copy_ahead_waits_for_a_chunk_then_opens_and_copies(parts: Parts) -> Non
     assert parts.upload.missing(stream) == []
     listed = parts.plain.list_parts(Bucket=parts.bucket, Key=stream.keys.final_object,
                                     UploadId=upload_id)["Parts"]
-    assert [(p["PartNumber"], p["ETag"]) for p in listed] == [
-        (c.index + 1, c.part_etag) for c in stored]
+    # radosgw 16 answers UploadPartCopy with an unquoted ETag, ListParts with a quoted one
+    assert [(p["PartNumber"], p["ETag"].strip('"')) for p in listed] == [
+        (c.index + 1, str(c.part_etag).strip('"')) for c in stored]
     events = [e["event"] for e in logs]
     assert events.count("multipart_started") == 1 and "multipart_aborted" in events
 
