@@ -24,7 +24,8 @@ from tests.support.runner import wait_until
 from tests.support.scale import pick
 from tests.support.videos import make_not_mp4, start_live_writer
 
-pytestmark = pytest.mark.timeout(240)
+# rates and latencies: measured alone, after the parallel part of `make test`
+pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]
 
 MiB = 1 << 20
 CHUNK = 5 * MiB  # the runner's --chunk-size

@@ -232,6 +232,7 @@ def _overflow(watch: Path) -> None:
         (watch / f"busy{i}.mp4").write_bytes(b"x")
 
 
+@pytest.mark.serial  # lowers a system-wide limit for a moment
 def test_a_directory_moved_away_during_an_overflow_is_no_longer_watched(
         watch: Path, tmp_path: Path) -> None:
     (watch / "sub").mkdir()
@@ -247,6 +248,7 @@ def test_a_directory_moved_away_during_an_overflow_is_no_longer_watched(
         w.close()
 
 
+@pytest.mark.serial  # lowers a system-wide limit for a moment
 def test_a_queue_overflow_rescans_the_whole_watch_dir(watch: Path) -> None:
     (watch / "sub").mkdir()
     w = _small_queue_watcher(watch)
