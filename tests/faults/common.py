@@ -129,6 +129,9 @@ def end_check(row: Row, processor: Processor, client: Any, bucket: str, proxy: R
                                       timeout=max(5.0, deadline - time.monotonic()))
     events = processor.all_events()
     changed = logged(events, "chunk_changed_on_disk")
+    # a short tail whose file moved on after a completion began (a writer stalled past
+    # the stream timeout, as on a loaded machine) is replaced at its key by a fuller one
+    changed.update(logged(events, "short_chunk_replaced"))
     all_puts = chunk_put_counts(proxy, bucket)
     complete_puts = chunk_put_counts(proxy, bucket, complete_only=True)
     prefixes = set()

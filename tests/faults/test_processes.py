@@ -190,6 +190,7 @@ def test_sigterm_at_random_moments(make_processor: Any, client: Any, bucket: str
     print(reliability.line())
 
 
+@pytest.mark.serial  # 0.1 s into start-up: a busy neighbour makes the start slower
 def test_sigterm_during_startup(make_processor: Any) -> None:
     """SIGTERM right after the process was started (a container stopped as it starts).
 
