@@ -130,6 +130,7 @@ class Settings:
     bwlimit: Timetable | None = None  # the uplink cap (contract §8): none unless set
     live_first: bool = True  # off only to measure what it gains (bench/sections/uplink.py)
     policy: ObjectPolicy = ObjectPolicy()  # encryption, storage class, tags (contract §9)
+    recover_from_bucket: bool = True  # a lost state dir: streams found again in S3 (§10)
 
     @property
     def retention(self) -> bool:

@@ -249,6 +249,9 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
                    "19:00,off\") [default: no cap]")
 @click.option("--live-first/--no-live-first", default=True, hidden=True,
               help="Live streams before backlog (contract §8); off only to measure it.")
+@click.option("--recover-from-bucket/--no-recover-from-bucket", default=True,
+              help="On a new or lost state dir, find each file's stream again in S3 by "
+                   "its path and bytes instead of uploading it again.")
 @click.option("--sse", type=click.Choice(SSE_MODES), default=None,
               help="Server-side encryption of every object [default: the bucket's]")
 @click.option("--sse-kms-key-id", default=None,

@@ -52,7 +52,9 @@ def read_state(state_dir: Path) -> dict[str, Any]:
                     "chunks_reuploaded": record.chunks_reuploaded,
                     "source_removed": record.source_removed,
                     "source_removed_at": (rfc3339(record.source_removed_at)
-                                          if record.source_removed_at else None)})
+                                          if record.source_removed_at else None),
+                    "recovered_at": (rfc3339(record.recovered_at)
+                                     if record.recovered_at else None)})
         finally:
             store.close()
         intents, torn = read_pending(directory.wal)
@@ -86,6 +88,8 @@ def inspect_state(state_dir: Path, as_json: bool) -> None:
             status = s["status"] + (f" ({s['end_reason']})" if s["end_reason"] else "")
             if s["source_removed"]:
                 status += f", file removed ({s['source_removed']})"
+            if s["recovered_at"]:
+                status += ", recovered from the bucket"
             table.add_row(s["stream_id"], s["rel_path"] + ("" if s["current"] else " (old)"),
                           status, str(s["chunks"]), str(s["bytes_uploaded"]),
                           str(s["size_seen"]), str(s["reopen_count"]))

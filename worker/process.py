@@ -183,7 +183,7 @@ class Worker:
         gc.freeze()
         threading.Thread(target=self._read_commands, name="mailbox", daemon=True).start()
         self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
-                      pending_intents=pending)
+                      pending_intents=pending, state_new=store.fresh)
         self.heartbeat(force=True)
         code = EXIT_OK
         try:

@@ -236,6 +236,35 @@ class Storage:
                    ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body),
                    **self.policy.write())
 
+    def prefixes_under(self, prefix: str) -> list[str]:
+        """The "folders" (common prefixes up to the next ``/``) of keys starting with
+        ``prefix``: one request per 1,000."""
+        found: list[str] = []
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list_objects", self.client.list_objects_v2, Prefix=prefix,
+                              Delimiter="/", **extra)
+            found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return found
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        """A JSON object (metadata.json), or None when it does not exist."""
+        try:
+            body = self._call("get_object", self.client.get_object, Key=key,
+                              **self.policy.read())["Body"].read()
+        except StorageError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
+
     def sizes_under(self, prefix: str) -> dict[str, int]:
         """The size of every object under ``prefix``: one request per 1,000 keys."""
         sizes: dict[str, int] = {}

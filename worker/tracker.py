@@ -30,6 +30,7 @@ from worker.backoff import retry_delay
 from worker.completion import Finalizer
 from worker.live_first import LiveFirst
 from worker.multipart import FinalUpload
+from worker.recovery import BucketRecovery, Found
 from worker.retention import Retention
 from worker.source import SourceChanged, SourceError, SourceFiles
 from worker.storage import BucketCheck
@@ -68,6 +69,7 @@ class StreamTracker:
         self.order = LiveFirst(uploader, settings.watch_dir, settings.stream_timeout, clock,
                                settings.live_first)
         self.lane = self.order.lane
+        self.recovery: BucketRecovery | None = None  # set by worker/wiring.py
 
     # set-up
     def load(self) -> None:
@@ -154,6 +156,8 @@ class StreamTracker:
             except StorageError:
                 return did  # retried on the next step, after the bucket check
             did = True
+        if self.recovery is not None and self.recovery.pending:
+            did |= self.recovery.step(self.clock(), self._adopt, self._new_file, between)
         for stream in self.order.in_turn(self.streams.values()):
             if (stream.stream_id not in self.streams or stream.next_attempt > self.clock()
                     or self.lane.holds(stream.stream_id)):
@@ -266,6 +270,9 @@ class StreamTracker:
         except OSError:
             return  # vanished before it was read, or not reachable: nothing to do
         if stat.S_ISREG(st.st_mode):
+            if self.recovery is not None and self.recovery.applies(st, self.clock()):
+                self.recovery.wait(rel_path)  # found again in S3, or new (worker/recovery.py)
+                return
             self._new_stream(rel_path, st, reason="new")
 
     def _observe(self, stream: Stream) -> None:
@@ -332,6 +339,15 @@ class StreamTracker:
         stream.last_change = self._change_time(st)
         self.log.info("stream_detected", stream_id=stream_id, rel_path=rel_path,
                       size=st.st_size, reason=reason, object_prefix=keys.prefix)
+
+    def _new_file(self, rel_path: str, st: os.stat_result) -> None:
+        self._new_stream(rel_path, st, reason="new")
+
+    def _adopt(self, found: Found) -> None:
+        """A stream found again in S3: recorded, then observed like any known one (an
+        unfinished one continues, a grown one is reopened, an unchanged one rests)."""
+        self.store.recover_stream(found.record, found.chunks)
+        self._look_at(found.record.rel_path)
 
     def _end(self, stream: Stream, end_reason: str, **fields: Any) -> None:
         stream.end(end_reason)

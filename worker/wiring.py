@@ -18,6 +18,7 @@ from worker.completion import Finalizer
 from worker.liveness import Liveness
 from worker.multipart import FinalUpload
 from worker.prober import Prober
+from worker.recovery import BucketRecovery
 from worker.retention import Retention
 from worker.settled import SettledFiles
 from worker.source import SourceFiles
@@ -52,6 +53,8 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     tracker = StreamTracker(settings, store, wal, source, uploader, upload, finalizer, bucket,
                             retention, log)
     tracker.order.lane.wake = wake
+    tracker.recovery = BucketRecovery(settings, storage, source, log, live.pulse,
+                                      fresh=store.fresh, born_at=store.born_at)
     retention.look_again = tracker.touch
     retention.unload = tracker.unload_stream
 

@@ -53,6 +53,11 @@ class WorkerStateDir:
         """Where a compaction or migration writes the log before renaming it over ``wal``."""
         return self.path / _WAL_REWRITE
 
+    @property
+    def born(self) -> Path:
+        """When the checkpoints were made from nothing (worker/recovery.py reads it)."""
+        return self.path / "born"
+
     def has_checkpoints(self) -> bool:
         return self.checkpoints.exists()
 

@@ -133,6 +133,13 @@ class StreamRecord:
         return None if value is None else float(value)
 
     @property
+    def recovered_at(self) -> float | None:
+        """When the stream was found again in S3 after the state was lost (contract §10,
+        worker/recovery.py); None for one this state dir has known throughout."""
+        value = self.extra.get("recovered_at")
+        return None if value is None else float(value)
+
+    @property
     def group_chunks(self) -> int | None:
         """Chunks per group when the final object is assembled in two levels (contract
         §9; its upload's parts are then groups), else None."""

@@ -13,9 +13,11 @@ names yet, which is detected again under a new id.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import plyvel
 
@@ -36,6 +38,23 @@ from shared.state.records import (
 __all__ = ["CheckpointStore"]
 
 
+
+def _write_durably(path: Path, text: str) -> None:
+    """``text`` at ``path``, whole or not at all, and on disk before this returns."""
+    temporary = path.with_name(path.name + ".tmp")
+    with state_write(f"cannot write {path.name}"):
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
 @contextmanager
 def _timed() -> Iterator[None]:
     """A synchronous write: timed, and fatal to the worker if it fails."""
@@ -51,8 +70,20 @@ class CheckpointStore:
     def __init__(self, directory: WorkerStateDir, *, create: bool = True) -> None:
         if create:
             directory.path.mkdir(parents=True, exist_ok=True)
+        self.fresh = create and not directory.has_checkpoints()  # made from nothing now
         self._db = plyvel.DB(str(directory.checkpoints), create_if_missing=create)
         self._unsynced: set[str] = set()  # lineages started without a sync
+        self._born = directory.born
+        if self.fresh:
+            _write_durably(self._born, repr(time.time()))
+
+    @property
+    def born_at(self) -> float:
+        """When this state dir was made; 0 for one made before this was recorded."""
+        try:
+            return float(self._born.read_text())
+        except (OSError, ValueError):
+            return 0.0
 
     def close(self) -> None:
         self._db.close()
@@ -114,6 +145,15 @@ class CheckpointStore:
 
     def is_durable(self, stream_id: str) -> bool:
         return stream_id not in self._unsynced
+
+    def recover_stream(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+        """Record a stream found again in S3 (worker/recovery.py) as the path's current
+        lineage, with its verified chunks, in one synced batch."""
+        with _timed(), self._db.write_batch(sync=True) as batch:
+            batch.put(stream_key(record.stream_id), record.to_json())
+            batch.put(path_key(record.rel_path), record.stream_id.encode())
+            for chunk in chunks:
+                batch.put(chunk_key(record.stream_id, chunk.index), chunk.to_json())
 
     def save_stream(self, record: StreamRecord) -> None:
         with _timed():

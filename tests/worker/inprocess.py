@@ -62,7 +62,10 @@ class InProcessWorkers:
         settings = Settings(watch_dir=self.watch, state_dir=self.tmp_path / "state",
                             chunk_size=self.chunk_size, stream_timeout=stream_timeout,
                             s3_endpoint=self.s3.url, s3_bucket=self.bucket,
-                            s3_region=self.s3.region)
+                            s3_region=self.s3.region,
+                            # every state here is new: tests/worker/test_recovery.py and
+                            # tests/e2e/test_recovery.py cover looking files up in the bucket
+                            recover_from_bucket=False)
         tracker, close = build_local(self.tmp_path, settings, settled=settled)
         self._closers.append(close)
         return tracker, tracker.uploader.storage

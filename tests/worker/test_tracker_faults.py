@@ -27,6 +27,9 @@ class FlakyStorage:
     def ensure_bucket(self, create: bool) -> None:
         pass
 
+    def prefixes_under(self, prefix: str) -> list[str]:
+        return []  # no stream of an earlier state dir to find again
+
     def put_chunk(self, key: str, data: bytes, digest: str, live: bool = True) -> None:
         self.puts += 1
         raise self.error

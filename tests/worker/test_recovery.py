@@ -1,0 +1,107 @@
+"""``worker.recovery.BucketRecovery`` against the real test S3 server and real files:
+when a file is looked up, which of the listed streams is its own, and what is kept
+of an unfinished one. The whole service is exercised in tests/e2e/test_recovery.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+import xxhash
+
+from shared.keys import StreamKeys
+from shared.s3 import ErrorKind, StorageError
+from shared.settings import Settings
+from tests.support.s3server import unique_bucket_name
+from worker.recovery import STARTUP_WINDOW, BucketRecovery
+from worker.source import SourceFiles
+from worker.storage import Storage
+
+CHUNK = 5 << 20
+
+
+def _recovery(tmp_path: Path, storage: Storage, *, fresh: bool = True,
+              born_at: float = 1e12) -> BucketRecovery:
+    settings = Settings(watch_dir=tmp_path, chunk_size=CHUNK)
+    return BucketRecovery(settings, storage, SourceFiles(tmp_path), structlog.get_logger(),
+                          lambda: None, fresh=fresh, born_at=born_at)
+
+
+def _upload(storage: Storage, rel_path: str, stream_id: str, data: bytes,
+            chunks: int | None = None) -> None:
+    """The chunks of ``data`` under ``stream_id`` (the first ``chunks`` of them)."""
+    keys = StreamKeys("streams", rel_path, stream_id)
+    pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)][:chunks]
+    for index, piece in enumerate(pieces):
+        storage.put_chunk(keys.chunk(index), piece, xxhash.xxh3_128_hexdigest(piece))
+
+
+def _storage(worker_client: Any, plain: Any) -> Storage:
+    bucket = unique_bucket_name("recovery")
+    plain.create_bucket(Bucket=bucket)
+    return Storage(worker_client, bucket)
+
+
+def test_which_files_are_looked_up(tmp_path: Path, worker_client: Any, plain: Any) -> None:
+    storage = _storage(worker_client, plain)
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"x")
+    st = os.stat(path)
+    # older than the state dir: always; newer: only in the first minute of a new one
+    assert _recovery(tmp_path, storage, fresh=False, born_at=st.st_mtime + 1).applies(st, 0.0)
+    assert not _recovery(tmp_path, storage, fresh=False, born_at=st.st_mtime - 1).applies(
+        st, 0.0)
+    fresh = _recovery(tmp_path, storage, fresh=True, born_at=st.st_mtime - 1)
+    assert fresh.applies(st, 100.0) and not fresh.applies(st, 100.0 + STARTUP_WINDOW)
+    assert not _recovery(tmp_path, storage, fresh=False, born_at=0.0).applies(st, 0.0)
+
+
+def test_only_this_paths_matching_stream_is_found(tmp_path: Path, worker_client: Any,
+                                                  plain: Any) -> None:
+    storage = _storage(worker_client, plain)
+    data = os.urandom(2 * CHUNK + 100)
+    (tmp_path / "cam.mp4").write_bytes(data)
+    (tmp_path / "cam-2.mp4").write_bytes(data)
+    _upload(storage, "cam-2.mp4", "cam-2-0badf00d", data)   # another file, same stem start
+    _upload(storage, "cam.mp4", "cam-11111111", os.urandom(2 * CHUNK))  # other bytes
+    _upload(storage, "cam.mp4", "cam-22222222", data, chunks=2)  # this file's, unfinished
+    recovery = _recovery(tmp_path, storage)
+    found = recovery.find("cam.mp4", os.stat(tmp_path / "cam.mp4"))
+    assert found is not None and found.record.stream_id == "cam-22222222"
+    assert not found.finished and [c.size for c in found.chunks] == [CHUNK, CHUNK]
+    assert found.record.size == 2 * CHUNK and found.record.recovered_at
+
+
+def test_an_unfinished_streams_short_tail_is_not_kept(tmp_path: Path, worker_client: Any,
+                                                      plain: Any) -> None:
+    """A tail uploaded by a completion cut short is replaced by a fuller chunk."""
+    storage = _storage(worker_client, plain)
+    data = os.urandom(CHUNK + 1000)
+    (tmp_path / "cam.mp4").write_bytes(data)
+    _upload(storage, "cam.mp4", "cam-33333333", data)
+    found = _recovery(tmp_path, storage).find("cam.mp4", os.stat(tmp_path / "cam.mp4"))
+    assert found is not None and [c.size for c in found.chunks] == [CHUNK]
+
+
+def test_a_lookup_s3_cannot_answer_waits_and_is_asked_again(
+        tmp_path: Path, worker_client: Any, plain: Any) -> None:
+    storage = _storage(worker_client, plain)
+    (tmp_path / "cam.mp4").write_bytes(b"x")
+    recovery = _recovery(tmp_path, storage)
+    answers: list[Any] = [StorageError("list_objects", ErrorKind.TRANSIENT, "down")]
+
+    def flaky(prefix: str) -> list[str]:
+        if answers:
+            raise answers.pop()
+        return []
+    storage.prefixes_under = flaky  # type: ignore[method-assign]
+    started: list[str] = []
+    recovery.wait("cam.mp4")
+    assert recovery.step(0.0, lambda f: None, lambda p, st: started.append(p), lambda: None) \
+        is False
+    assert started == [] and recovery.pending["cam.mp4"] > 0.0  # no stream for want of S3
+    assert recovery.step(recovery.pending["cam.mp4"], lambda f: None,
+                         lambda p, st: started.append(p), lambda: None)
+    assert started == ["cam.mp4"] and not recovery.pending
