@@ -157,7 +157,8 @@ class StreamTracker:
                 return did  # retried on the next step, after the bucket check
             did = True
         if self.recovery is not None and self.recovery.pending:
-            did |= self.recovery.step(self.clock(), self._adopt, self._new_file, between)
+            did |= self.recovery.step(self.clock(), self._has_stream, self._adopt,
+                                      self._new_file)
         for stream in self.order.in_turn(self.streams.values()):
             if (stream.stream_id not in self.streams or stream.next_attempt > self.clock()
                     or self.lane.holds(stream.stream_id)):
@@ -270,7 +271,8 @@ class StreamTracker:
         except OSError:
             return  # vanished before it was read, or not reachable: nothing to do
         if stat.S_ISREG(st.st_mode):
-            if self.recovery is not None and self.recovery.applies(st, self.clock()):
+            if self.recovery is not None and (rel_path in self.recovery.pending
+                                              or self.recovery.applies(st)):
                 self.recovery.wait(rel_path)  # found again in S3, or new (worker/recovery.py)
                 return
             self._new_stream(rel_path, st, reason="new")
@@ -343,10 +345,16 @@ class StreamTracker:
     def _new_file(self, rel_path: str, st: os.stat_result) -> None:
         self._new_stream(rel_path, st, reason="new")
 
+    def _has_stream(self, rel_path: str) -> bool:
+        return rel_path in self.current or self.store.current_stream_id(rel_path) is not None
+
     def _adopt(self, found: Found) -> None:
         """A stream found again in S3: recorded, then observed like any known one (an
-        unfinished one continues, a grown one is reopened, an unchanged one rests)."""
+        unfinished one continues, a grown one is reopened, an unchanged one rests and
+        may be removed by local retention)."""
         self.store.recover_stream(found.record, found.chunks)
+        if found.finished:
+            self.retention.consider(found.record)
         self._look_at(found.record.rel_path)
 
     def _end(self, stream: Stream, end_reason: str, **fields: Any) -> None:

@@ -54,7 +54,8 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
                             retention, log)
     tracker.order.lane.wake = wake
     tracker.recovery = BucketRecovery(settings, storage, source, log, live.pulse,
-                                      fresh=store.fresh, born_at=store.born_at)
+                                      born_at=store.born_at)
+    tracker.recovery.taken = lambda stream_id: store.stream(stream_id) is not None
     retention.look_again = tracker.touch
     retention.unload = tracker.unload_stream
 

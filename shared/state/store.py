@@ -71,11 +71,11 @@ class CheckpointStore:
         if create:
             directory.path.mkdir(parents=True, exist_ok=True)
         self.fresh = create and not directory.has_checkpoints()  # made from nothing now
+        self._born = directory.born
+        if self.fresh:  # first, so that no LevelDB exists without it
+            _write_durably(self._born, repr(time.time()))
         self._db = plyvel.DB(str(directory.checkpoints), create_if_missing=create)
         self._unsynced: set[str] = set()  # lineages started without a sync
-        self._born = directory.born
-        if self.fresh:
-            _write_durably(self._born, repr(time.time()))
 
     @property
     def born_at(self) -> float:

@@ -5,6 +5,7 @@ of an unfinished one. The whole service is exercised in tests/e2e/test_recovery.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,10 @@ from worker.storage import Storage
 CHUNK = 5 << 20
 
 
-def _recovery(tmp_path: Path, storage: Storage, *, fresh: bool = True,
-              born_at: float = 1e12) -> BucketRecovery:
+def _recovery(tmp_path: Path, storage: Storage, *, born_at: float = 1e12) -> BucketRecovery:
     settings = Settings(watch_dir=tmp_path, chunk_size=CHUNK)
     return BucketRecovery(settings, storage, SourceFiles(tmp_path), structlog.get_logger(),
-                          lambda: None, fresh=fresh, born_at=born_at)
+                          lambda: None, born_at=born_at)
 
 
 def _upload(storage: Storage, rel_path: str, stream_id: str, data: bytes,
@@ -48,14 +48,14 @@ def test_which_files_are_looked_up(tmp_path: Path, worker_client: Any, plain: An
     storage = _storage(worker_client, plain)
     path = tmp_path / "a.mp4"
     path.write_bytes(b"x")
+    now = time.time()
+    os.utime(path, (now, now))
     st = os.stat(path)
-    # older than the state dir: always; newer: only in the first minute of a new one
-    assert _recovery(tmp_path, storage, fresh=False, born_at=st.st_mtime + 1).applies(st, 0.0)
-    assert not _recovery(tmp_path, storage, fresh=False, born_at=st.st_mtime - 1).applies(
-        st, 0.0)
-    fresh = _recovery(tmp_path, storage, fresh=True, born_at=st.st_mtime - 1)
-    assert fresh.applies(st, 100.0) and not fresh.applies(st, 100.0 + STARTUP_WINDOW)
-    assert not _recovery(tmp_path, storage, fresh=False, born_at=0.0).applies(st, 0.0)
+    # older than the state dir: always; newer: only in the state dir's first minute
+    assert _recovery(tmp_path, storage, born_at=now + 1).applies(st)
+    assert _recovery(tmp_path, storage, born_at=now - 1).applies(st)
+    assert not _recovery(tmp_path, storage, born_at=now - STARTUP_WINDOW - 1).applies(st)
+    assert not _recovery(tmp_path, storage, born_at=0.0).applies(st)  # an older state dir
 
 
 def test_only_this_paths_matching_stream_is_found(tmp_path: Path, worker_client: Any,
@@ -99,9 +99,13 @@ def test_a_lookup_s3_cannot_answer_waits_and_is_asked_again(
     storage.prefixes_under = flaky  # type: ignore[method-assign]
     started: list[str] = []
     recovery.wait("cam.mp4")
-    assert recovery.step(0.0, lambda f: None, lambda p, st: started.append(p), lambda: None) \
-        is False
+    assert recovery.step(0.0, lambda p: False, lambda f: None,
+                         lambda p, st: started.append(p))
     assert started == [] and recovery.pending["cam.mp4"] > 0.0  # no stream for want of S3
-    assert recovery.step(recovery.pending["cam.mp4"], lambda f: None,
-                         lambda p, st: started.append(p), lambda: None)
+    assert recovery.step(recovery.pending["cam.mp4"], lambda p: False, lambda f: None,
+                         lambda p, st: started.append(p))
+    assert started == ["cam.mp4"] and not recovery.pending
+    recovery.wait("cam.mp4")  # a path that has a stream meanwhile is dropped, not started
+    assert not recovery.step(1e9, lambda p: True, lambda f: None,
+                             lambda p, st: started.append(p))
     assert started == ["cam.mp4"] and not recovery.pending

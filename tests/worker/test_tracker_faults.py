@@ -27,9 +27,6 @@ class FlakyStorage:
     def ensure_bucket(self, create: bool) -> None:
         pass
 
-    def prefixes_under(self, prefix: str) -> list[str]:
-        return []  # no stream of an earlier state dir to find again
-
     def put_chunk(self, key: str, data: bytes, digest: str, live: bool = True) -> None:
         self.puts += 1
         raise self.error
@@ -40,7 +37,8 @@ def build(tmp_path: Path, error: BaseException) -> tuple[StreamTracker, FlakySto
     watch.mkdir()
     (watch / "a.mp4").write_bytes(b"x" * (5 << 20))
     (watch / "b.mp4").write_bytes(b"y" * (5 << 20))
-    settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=5 << 20)
+    settings = Settings(watch_dir=watch, state_dir=tmp_path / "state", chunk_size=5 << 20,
+                        recover_from_bucket=False)  # no lookups: the stand-in has no LIST
     storage = FlakyStorage(error)
     tracker, close = build_local(tmp_path, settings, storage=storage)
     tracker.touch("a.mp4")
