@@ -172,7 +172,8 @@ class FinalUpload:
         first = hint[1] if hint is not None and hint[0] == stream.upload_id else 0
         started, pending = self.groups.submit(stream, full_only=True,
                                               limit=BACKGROUND_IN_FLIGHT, first=first)
-        self._scan_from[stream.stream_id] = (str(stream.upload_id), pending)
+        if stream.upload_id is not None:  # the hint is for this upload's copies
+            self._scan_from[stream.stream_id] = (stream.upload_id, pending)
         return started > 0
 
     def missing(self, stream: Stream) -> list[ChunkRecord]:

@@ -229,9 +229,10 @@ class BucketRecovery:
             completed_at=_timestamp(document.get("completed_at"), now),
             reopen_count=int(document.get("reopen_count") or 0),
             chunks_reuploaded=int(document.get("chunks_reuploaded") or 0),
-            # verified as completion verifies: local retention may remove it
-            extra={"recovered_at": now, "verified_ctime_ns": before if unchanged else None})
-        return Found(record.with_extra(), chunks, finished=True)
+            extra={"recovered_at": now})
+        # verified as completion verifies: local retention may remove it
+        record = record.with_extra(verified_ctime_ns=before if unchanged else None)
+        return Found(record, chunks, finished=True)
 
     @contextmanager
     def _opened(self, rel_path: str, st: os.stat_result) -> Iterator[int]:
