@@ -123,8 +123,9 @@ def environment(tmp_path: Path, s3: S3Endpoint,
         monkeypatch.setenv(name, value)
     workers = InProcessWorkers(tmp_path, s3, unique_bucket_name("settled"), CHUNK)
 
-    def build(settled: SettledFiles) -> tuple[StreamTracker, Storage, Path]:
-        tracker, storage = workers.build(stream_timeout=0.3, settled=settled)
+    def build(settled: SettledFiles,
+              stream_timeout: float = 0.3) -> tuple[StreamTracker, Storage, Path]:
+        tracker, storage = workers.build(stream_timeout=stream_timeout, settled=settled)
         return tracker, storage, workers.watch
 
     yield build
@@ -182,7 +183,11 @@ def test_a_settled_file_written_after_its_chunks_were_read_is_read_again(
     """The proof names the file's state before each read: an in-place write after the
     upload (same size, as an MP4 muxer patching its header) moves ctime, so every chunk
     read before it is read again, and the changed one is uploaded again."""
-    tracker, storage, watch = environment(_as_if(tmp_path, "ext4", ahead=3600))
+    # the patch must land after both chunks are read and before completion begins: a
+    # 0.3 s timeout let a loaded machine start the completion in the step that
+    # committed the second chunk, and the test then waited for a count it had passed
+    tracker, storage, watch = environment(_as_if(tmp_path, "ext4", ahead=3600),
+                                          stream_timeout=3.0)
     data = bytearray(_write(watch, "cam.mp4", 2 * CHUNK + 12345))
     with capture_logs() as logs:
         tracker.touch("cam.mp4")
