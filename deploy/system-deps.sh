@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite uses, from Debian's packages, when missing.
 #
-#   promtool  (package `prometheus`)  tests/deploy/test_alerts.py, test_dashboard.py
+#   promtool   (package `prometheus`)  tests/deploy/test_alerts.py, test_dashboard.py
+#   libfuse3   (package `fuse3`)       the power-cut filesystem, tests/support/powercut.py
+#              (its tests skip, saying so, where /dev/fuse is missing)
 #
 # Non-interactive; `apt-get update` runs only when the install fails without it (a
 # fresh machine has no package lists). Needs root, or passwordless sudo. The
 # package's daemon is not started: only its promtool binary is wanted.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
+have_libfuse3() {  # no pipe into grep -q: under pipefail its early exit fails the pipe
+    local cache
+    cache=$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)
+    [[ $cache == *libfuse3.so* ]]
+}
+
+packages=()
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+have_libfuse3 || packages+=(fuse3)
+if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "system-deps: promtool is missing and this is not a Debian-like system;" \
-         "install Prometheus's promtool (2.x or later) and put it on PATH" >&2
+    echo "system-deps: missing ${packages[*]} and this is not a Debian-like system;" \
+         "install Prometheus's promtool (2.x or later) and libfuse3" >&2
     exit 1
 fi
 
@@ -23,8 +34,8 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         as_root=(sudo -n)
     else
-        echo "system-deps: promtool is missing; run as root or install it:" \
-             "apt-get install prometheus" >&2
+        echo "system-deps: missing; run as root or install:" \
+             "apt-get install ${packages[*]}" >&2
         exit 1
     fi
 fi
@@ -37,23 +48,27 @@ if [ ! -e "$policy" ]; then
     trap '"${as_root[@]}" rm -f "$policy"' EXIT
 fi
 
-install_prometheus() {
+install_packages() {
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends \
         -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef \
-        -o Dpkg::Options::=--force-confold prometheus
+        -o Dpkg::Options::=--force-confold "${packages[@]}"
 }
 
-echo "system-deps: installing Debian package prometheus (for promtool)" >&2
-if ! install_prometheus; then
+echo "system-deps: installing Debian packages: ${packages[*]}" >&2
+if ! install_packages; then
     echo "system-deps: install failed; updating the package lists and retrying" >&2
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get update -q -o DPkg::Lock::Timeout=300
-    install_prometheus
+    install_packages
 fi
 
 command -v promtool >/dev/null 2>&1 || {
     echo "system-deps: the prometheus package installed no promtool on PATH" >&2
+    exit 1
+}
+have_libfuse3 || {
+    echo "system-deps: the fuse3 package installed no libfuse3" >&2
     exit 1
 }
 promtool --version 2>&1 | head -n 1 >&2
