@@ -41,6 +41,7 @@ from shared.settings import (
     parse_min_free,
     parse_size,
 )
+from shared.state.durable import make_dirs
 
 __all__ = ["main", "cli", "parse_settings", "ConfigError", "WORKER_TARGET"]
 
@@ -158,7 +159,7 @@ def _check_watch_dir(ctx: click.Context, param: click.Parameter, value: str) -> 
 def _check_state_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     path = Path(value)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)  # a state dir that a power cut could take back is no state dir
     except OSError as exc:
         raise click.BadParameter(f"cannot create {value!r}: {exc.strerror}", ctx, param) from exc
     if not os.access(path, os.W_OK | os.X_OK):

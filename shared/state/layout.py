@@ -6,7 +6,9 @@ whole layout at once::
 
     <state-dir>/
       worker-<slot>/             one per worker slot, owned by that slot's process
+        born                     when the checkpoints were made from nothing
         checkpoints.ldb/         LevelDB: stream records, committed chunks, path index
+        checkpoints.ldb.new/     a new LevelDB until it is durable (then renamed)
         intents.wal              write-ahead log of S3 side effects in flight
         intents.tmp              the log's replacement while it is being rewritten
 
@@ -25,6 +27,7 @@ __all__ = ["StateDir", "WorkerStateDir"]
 _WORKER_DIR = "worker-{slot}"
 _WORKER_DIR_PATTERN = re.compile(r"^worker-(\d+)$")
 _CHECKPOINTS = "checkpoints.ldb"
+_CHECKPOINTS_STAGING = "checkpoints.ldb.new"
 _WAL = "intents.wal"
 _WAL_REWRITE = "intents.tmp"
 
@@ -43,6 +46,11 @@ class WorkerStateDir:
     def checkpoints(self) -> Path:
         """The LevelDB directory."""
         return self.path / _CHECKPOINTS
+
+    @property
+    def checkpoints_staging(self) -> Path:
+        """Where a new LevelDB is made and synced before it takes its name."""
+        return self.path / _CHECKPOINTS_STAGING
 
     @property
     def wal(self) -> Path:

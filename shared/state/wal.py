@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.state.durable import fsync_dir
 from shared.state.errors import state_write
 from shared.state.layout import WorkerStateDir
 
@@ -119,14 +120,6 @@ def read_pending(path: Path) -> tuple[list[Intent], int]:
     return sorted(pending.values(), key=lambda i: i.seq), len(data) - valid
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WriteAheadLog:
     """One worker's intent log. Opening it cuts a bad tail and finds pending intents."""
 
@@ -147,7 +140,7 @@ class WriteAheadLog:
         self._current: dict[tuple[str, str, int], int] = {}  # effect -> seq, this run
         self._file = open(path, "ab")
         if not data:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def pending(self) -> list[Intent]:
         """Intents without a done mark, oldest first."""
@@ -222,7 +215,7 @@ class WriteAheadLog:
             os.fsync(f.fileno())
         self._file.close()
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._pending = {i.seq: i for i in keep}
         self._recovered &= set(self._pending)
         self._file = open(self.path, "ab")
