@@ -90,7 +90,7 @@ def test_every_acknowledged_write_survives_cuts_across_log_files(disk: PowerCutF
     CheckpointStore(directory).close()
     rng = random.Random(7)
     acked, lost = -1, []
-    for run in range(8):
+    for _ in range(8):
         writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory.path),
                                    str(acked + 1)], stdout=subprocess.PIPE, text=True,
                                   cwd=Path(__file__).resolve().parents[2])
