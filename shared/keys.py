@@ -1,7 +1,8 @@
 """The object layout of contract §2, formatted and parsed in one place.
 
-``P = <s3-prefix>/<relative dir, if any>/<stream_id>`` holds ``P/chunks/<6 digits>``,
-the assembled ``P/<file name>`` and ``P/metadata.json``.
+``P = <s3-prefix>/<relative dir, if any>/<stream_id>`` holds ``P/chunks/<6 digits>``
+(``.m4s`` appended for a stream with a live playlist), the assembled ``P/<file name>``,
+``P/playlist.m3u8`` and ``P/metadata.json``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-__all__ = ["StreamKeys", "new_stream_id", "key_text", "MAX_STEM_CHARS", "MAX_KEY_BYTES"]
+__all__ = ["StreamKeys", "new_stream_id", "key_text", "MAX_STEM_CHARS", "MAX_KEY_BYTES",
+           "FRAGMENT_SUFFIX"]
 
 MAX_STEM_CHARS = 100  # keeps keys well under S3's 1024-byte limit for long names
 MAX_KEY_BYTES = 1024  # S3's and MinIO's limit on a key's UTF-8 length
-_CHUNK_KEY = re.compile(r"/chunks/(\d{6,})$")
+_CHUNK_KEY = re.compile(r"/chunks/(\d{6,})(?:\.m4s)?$")
+FRAGMENT_SUFFIX = ".m4s"  # chunks of whole fragments: players want a media extension
 
 
 def key_text(rel_path: str) -> str:
@@ -43,6 +46,7 @@ class StreamKeys:
     s3_prefix: str
     rel_path: str
     stream_id: str
+    chunk_suffix: str = ""   # FRAGMENT_SUFFIX for a stream with a live playlist
 
     def __post_init__(self) -> None:
         parts = self.rel_path.split("/")
@@ -60,7 +64,7 @@ class StreamKeys:
         """Chunk ``index`` (0-based), zero-padded to 6 digits so keys sort in order."""
         if index < 0:
             raise ValueError("chunk index must be >= 0")
-        return f"{self.prefix}/chunks/{index:06d}"
+        return f"{self.prefix}/chunks/{index:06d}{self.chunk_suffix}"
 
     @property
     def chunks_prefix(self) -> str:
@@ -85,9 +89,16 @@ class StreamKeys:
         return f"{self.prefix}/metadata.json"
 
     @property
+    def playlist(self) -> str:
+        """The HLS playlist of a fragmented stream (contract §6)."""
+        return f"{self.prefix}/playlist.m3u8"
+
+    @property
     def longest_key_bytes(self) -> int:
-        """UTF-8 length of the longest key this stream writes (6-digit chunk keys)."""
-        return max(len(k.encode()) for k in (self.final_object, self.metadata, self.chunk(0)))
+        """UTF-8 length of the longest key this stream writes (6-digit chunk keys, with
+        the live playlist's suffix, which a stream may take later)."""
+        return max(len(k.encode()) for k in (self.final_object, self.metadata, self.playlist,
+                                              self.chunk(0) + FRAGMENT_SUFFIX))
 
     @staticmethod
     def chunk_index(key: str) -> int | None:

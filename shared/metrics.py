@@ -19,6 +19,7 @@ __all__ = [
     "MEDIA_ERRORS", "SOURCE_FILES_REMOVED", "SOURCE_BYTES_REMOVED", "RETENTION_BLOCKED",
     "WATCH_DIR_FREE_BYTES", "WATCH_DIR_SIZE_BYTES", "MIN_FREE_BYTES",
     "UPLINK_CAP", "UPLINK_CAPPED_BYTES", "UPLINK_WAIT_SECONDS", "BACKLOG_BYTES",
+    "PLAYLIST_WRITES",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -28,6 +29,9 @@ UPLOADED_BYTES = Counter(
 STREAMS_COMPLETED = Counter(
     "processor_streams_completed", "Streams finalized (metadata.json written), by final status.",
     ["status"])
+PLAYLIST_WRITES = Counter(
+    "processor_playlist_writes", "Live HLS playlists written (one PUT per committed chunk of "
+    "a fragmented stream, and one at its completion).")
 UPLOAD_RETRIES = Counter(
     "processor_upload_retries", "S3 requests that failed and will be retried.")
 S3_ERRORS = Counter(

@@ -131,6 +131,7 @@ class Settings:
     live_first: bool = True  # off only to measure what it gains (bench/sections/uplink.py)
     policy: ObjectPolicy = ObjectPolicy()  # encryption, storage class, tags (contract §9)
     recover_from_bucket: bool = True  # a lost state dir: streams found again in S3 (§10)
+    live_playlist: bool = True  # fragment-aligned chunks and an HLS playlist (§6)
 
     @property
     def retention(self) -> bool:

@@ -253,6 +253,9 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--recover-from-bucket/--no-recover-from-bucket", default=True,
               help="On a new or lost state dir, find each file's stream again in S3 by "
                    "its path and bytes instead of uploading it again.")
+@click.option("--live-playlist/--no-live-playlist", default=True,
+              help="Fragmented MP4s: end chunks on fragments and keep an HLS playlist "
+                   "(P/playlist.m3u8) playable while they record.")
 @click.option("--sse", type=click.Choice(SSE_MODES), default=None,
               help="Server-side encryption of every object [default: the bucket's]")
 @click.option("--sse-kms-key-id", default=None,

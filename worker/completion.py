@@ -11,7 +11,7 @@ complete.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import metrics
 from shared.s3 import ErrorKind, StorageError
@@ -29,6 +29,9 @@ from worker.source import SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream, StreamState
 from worker.uploader import Uploader
+
+if TYPE_CHECKING:  # worker/live.py imports the stream and the storage this uses
+    from worker.live import LivePlaylists
 
 __all__ = ["Finalizer"]
 
@@ -53,6 +56,7 @@ class Finalizer:
                  upload: FinalUpload, storage: Storage, wal: WriteAheadLog, prober: Prober,
                  log: Any, live: Liveness) -> None:
         self.keep_chunks = settings.keep_chunks
+        self.playlists: LivePlaylists | None = None  # set by worker/wiring.py
         self.source = source
         self.uploader = uploader
         self.upload = upload
@@ -69,7 +73,9 @@ class Finalizer:
         clock = _PhaseClock()
         if stream.state is StreamState.RECORDING:
             before = self.source.check_unchanged(stream.record)
-            for span in stream.completion_spans():
+            spans = stream.completion_spans() if self.playlists is None else \
+                self.playlists.completion_spans(stream)
+            for span in spans:
                 self.uploader.upload_chunk(stream, span)
                 self.live.pulse()
             clock.lap("tail")
@@ -105,11 +111,16 @@ class Finalizer:
         else:
             copied_late = self._assemble(stream, clock)
         clock.lap("check")
+        # from the verified file's final bytes; a stream that ended early keeps its live one
+        playlist_key = self.playlists.finish(stream, object_key) \
+            if self.playlists is not None and status == "complete" else None
         completed_at = now()
         document = build_metadata(stream.record, stream.chunks, stream.keys, media,
                                   status=status, completed_at=completed_at,
                                   object_key=object_key,
                                   assembly=self._assembly(stream, object_key))
+        if playlist_key is not None:
+            document["playlist_key"] = playlist_key
         self.storage.put_json(stream.keys.metadata, document)
         stream.complete(completed_at, verified_ctime_ns)
         clock.lap("metadata")

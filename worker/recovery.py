@@ -25,14 +25,14 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from shared import metrics
-from shared.keys import StreamKeys, key_text, new_stream_id
+from shared.keys import FRAGMENT_SUFFIX, StreamKeys, key_text, new_stream_id
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.state.records import ChunkRecord, StreamRecord, StreamStatus
@@ -191,7 +191,7 @@ class BucketRecovery:
         record = StreamRecord(
             stream_id=keys.stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
             chunk_size=chunk_size, started_at=now, size=verified[-1].end, mtime_ns=0,
-            extra={"recovered_at": now})
+            extra={"recovered_at": now, **_layout(key for _, key in indexed)})
         return Found(record, verified, finished=False)
 
     def _match_finished(self, document: dict[str, Any], keys: StreamKeys, rel_path: str,
@@ -229,7 +229,8 @@ class BucketRecovery:
             completed_at=_timestamp(document.get("completed_at"), now),
             reopen_count=int(document.get("reopen_count") or 0),
             chunks_reuploaded=int(document.get("chunks_reuploaded") or 0),
-            extra={"recovered_at": now})
+            extra={"recovered_at": now,
+                   **_layout(str(c.get("key", "")) for c in document["chunks"])})
         # verified as completion verifies: local retention may remove it
         record = record.with_extra(verified_ctime_ns=before if unchanged else None)
         return Found(record, chunks, finished=True)
@@ -243,3 +244,9 @@ class BucketRecovery:
                 yield fd
         except SourceChanged as exc:
             raise SourceError(f"the file changed while it was looked up: {exc}") from exc
+
+
+def _layout(chunk_keys: Iterable[str]) -> dict[str, str]:
+    """A stream whose chunk keys end in ``.m4s`` had fragment-aligned chunks and a live
+    playlist (worker/live.py): its record says so again."""
+    return {"layout": "fmp4"} if any(k.endswith(FRAGMENT_SUFFIX) for k in chunk_keys) else {}

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import metrics
-from shared.keys import StreamKeys
 from shared.messages import Removable, Removal
 from shared.paths import lstat_beneath
 from shared.s3 import StorageError
@@ -56,7 +55,7 @@ from worker.removal import (
 )
 from worker.settled import FileState
 from worker.storage import Storage
-from worker.stream import Stream
+from worker.stream import Stream, keys_of
 
 __all__ = ["Retention"]
 
@@ -315,7 +314,7 @@ class Retention:
 
     def _missing_in_s3(self, record: StreamRecord) -> str | None:
         """Why S3 does not (provably, now) hold the stream; None when it does."""
-        keys = StreamKeys(self.prefix, record.rel_path, record.stream_id)
+        keys = keys_of(self.prefix, record)
         if self.storage.object_size(keys.metadata) is None:
             return "metadata.json not found"
         size = self.storage.object_size(keys.final_object)

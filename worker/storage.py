@@ -236,6 +236,13 @@ class Storage:
                    ContentType="application/json", ChecksumCRC32C=_crc32c_b64(body),
                    **self.policy.write())
 
+    def put_playlist(self, key: str, body: bytes) -> None:
+        """An HLS playlist (contract §6): rewritten as the stream grows, so caches are
+        told to ask again (``no-cache``), and typed as players expect."""
+        self._call("put_playlist", self.client.put_object, Key=key, Body=body,
+                   ContentType="application/vnd.apple.mpegurl", CacheControl="no-cache",
+                   ChecksumCRC32C=_crc32c_b64(body), **self.policy.write())
+
     def prefixes_under(self, prefix: str) -> list[str]:
         """The "folders" (common prefixes up to the next ``/``) of keys starting with
         ``prefix``: one request per 1,000."""

@@ -18,15 +18,25 @@ The stored pair (``status``, ``end_reason``) makes four states, named here::
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 
-from shared.keys import StreamKeys
+from shared.keys import FRAGMENT_SUFFIX, StreamKeys
 from shared.messages import StreamProgress
 from shared.state.records import ChunkRecord, GroupRecord, StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
 from worker.planning import ChunkSpan, chunks_kept_on_reopen, completion_spans, next_full_chunk
 from worker.settled import FileState
 
-__all__ = ["Stream", "StreamState"]
+__all__ = ["Stream", "StreamState", "keys_of"]
+
+
+def _suffix(record: StreamRecord) -> str:
+    return FRAGMENT_SUFFIX if record.extra.get("layout") == "fmp4" else ""
+
+
+def keys_of(prefix: str, record: StreamRecord) -> StreamKeys:
+    """A stream's keys: its chunk keys end in ``.m4s`` when it has a live playlist."""
+    return StreamKeys(prefix, record.rel_path, record.stream_id, _suffix(record))
 
 
 class StreamState(enum.Enum):
@@ -68,8 +78,7 @@ class Stream:
     # construction
     @classmethod
     def load(cls, store: CheckpointStore, record: StreamRecord, prefix: str) -> Stream:
-        return cls(store, record, store.chunks(record.stream_id),
-                   StreamKeys(prefix, record.rel_path, record.stream_id))
+        return cls(store, record, store.chunks(record.stream_id), keys_of(prefix, record))
 
     @classmethod
     def start(cls, store: CheckpointStore, record: StreamRecord, keys: StreamKeys) -> Stream:
@@ -182,6 +191,17 @@ class Stream:
             self.chunks[chunk.index] = chunk
         else:
             self.chunks.append(chunk)
+
+    def set_layout(self, layout: str) -> None:
+        """Before the first chunk: ``fmp4`` (chunks end on fragments, keys end in
+        ``.m4s``) or ``fixed`` (worker/live.py)."""
+        assert not self.chunks, "a layout is decided before the first chunk"
+        self._save(self.record.with_extra(layout=layout))
+        self.keys = replace(self.keys, chunk_suffix=_suffix(self.record))
+
+    def fix_layout_from(self, index: int) -> None:
+        """Chunks from ``index`` on are fixed-size: no fragment boundary came in time."""
+        self._save(self.record.with_extra(fixed_from=index))
 
     def open_upload(self, upload_id: str) -> None:
         """The final object's multipart upload was created."""

@@ -14,7 +14,7 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import metrics
 from shared.keys import MAX_KEY_BYTES, StreamKeys, new_stream_id
@@ -36,6 +36,9 @@ from worker.source import SourceChanged, SourceError, SourceFiles
 from worker.storage import BucketCheck
 from worker.stream import Stream, StreamState
 from worker.uploader import Uploader
+
+if TYPE_CHECKING:  # worker/live.py imports the stream and the storage this uses
+    from worker.live import LivePlaylists
 
 __all__ = ["StreamTracker"]
 
@@ -70,6 +73,7 @@ class StreamTracker:
                                settings.live_first)
         self.lane = self.order.lane
         self.recovery: BucketRecovery | None = None  # set by worker/wiring.py
+        self.playlists: LivePlaylists | None = None  # set by worker/wiring.py
 
     # set-up
     def load(self) -> None:
@@ -242,7 +246,11 @@ class StreamTracker:
         if stream.pending_bytes >= stream.record.chunk_size // 2 and self.order.is_live(stream):
             # half a chunk on disk: allocate the buffer now, not after the chunk's last byte
             self.source.reserve_chunk_buffer(stream.record.chunk_size)
-        span = stream.next_full_chunk()
+        playlists = self.playlists
+        if playlists is not None:
+            playlists.refresh(stream)  # after the chunks committed since the last step
+        span = stream.next_full_chunk() if playlists is None else \
+            playlists.next_full_chunk(stream)
         if span is not None:
             return self.order.send(stream, span)
         assert stream.last_change is not None
@@ -391,6 +399,8 @@ class StreamTracker:
 
     def _unload(self, stream: Stream) -> None:
         self.streams.pop(stream.stream_id, None)
+        if self.playlists is not None:
+            self.playlists.forget(stream.stream_id)
         if self.current.get(stream.rel_path) == stream.stream_id:
             del self.current[stream.rel_path]
 

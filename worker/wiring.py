@@ -15,6 +15,7 @@ from shared.state.store import CheckpointStore
 from shared.state.wal import WriteAheadLog
 from shared.uplink import Uplink
 from worker.completion import Finalizer
+from worker.live import LivePlaylists
 from worker.liveness import Liveness
 from worker.multipart import FinalUpload
 from worker.prober import Prober
@@ -56,6 +57,7 @@ def build_tracker(settings: Settings, store: CheckpointStore, wal: WriteAheadLog
     tracker.recovery = BucketRecovery(settings, storage, source, log, live.pulse,
                                       born_at=store.born_at)
     tracker.recovery.taken = lambda stream_id: store.stream(stream_id) is not None
+    tracker.playlists = finalizer.playlists = LivePlaylists(settings, source, storage, log)
     retention.look_again = tracker.touch
     retention.unload = tracker.unload_stream
 

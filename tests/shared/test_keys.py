@@ -109,22 +109,32 @@ def test_every_key_stays_under_prefix(prefix: str, rel_path: str) -> None:
 
 
 def test_longest_key_bytes_counts_utf8_of_the_longest_key() -> None:
-    """A long file name makes the final object the longest key; a short one leaves
-    metadata.json and the chunk keys (13 characters after the prefix) the longest;
-    multi-byte characters count as their UTF-8 bytes."""
+    """A long file name makes the final object the longest key; a short one leaves the
+    chunk keys with the live playlist's ``.m4s`` (17 characters after the prefix) the
+    longest, since a stream takes that suffix after its keys were checked; multi-byte
+    characters count as their UTF-8 bytes."""
     long_name = StreamKeys("streams", "d/" + "n" * 200 + ".mp4", "n-0a1b2c3d")
     assert long_name.longest_key_bytes == len(long_name.final_object) == \
         len("streams/d/n-0a1b2c3d/") + 204
     short = StreamKeys("streams", "d/a.mp4", "a-0a1b2c3d")
-    assert short.longest_key_bytes == len(short.metadata) == len(short.chunk(0))
+    fragmented = StreamKeys("streams", "d/a.mp4", "a-0a1b2c3d", chunk_suffix=".m4s")
+    assert short.longest_key_bytes == len(fragmented.chunk(0)) == len(short.metadata) + 4
     wide = StreamKeys("", "é/a.mp4", "a-0a1b2c3d")
-    assert wide.longest_key_bytes == 27 == len("é/a-0a1b2c3d/metadata.json") + 1
+    assert wide.longest_key_bytes == 31 == len("é/a-0a1b2c3d/chunks/000000.m4s") + 1
+
+
+def test_fragment_chunk_keys_end_in_m4s_and_parse_back() -> None:
+    keys = StreamKeys("streams", "cam.mp4", "cam-0a1b2c3d", chunk_suffix=".m4s")
+    assert keys.chunk(3) == "streams/cam-0a1b2c3d/chunks/000003.m4s"
+    assert StreamKeys.chunk_index(keys.chunk(3)) == 3
+    assert StreamKeys.chunk_index("streams/cam-0a1b2c3d/chunks/000003.mp4") is None
+    assert keys.playlist == "streams/cam-0a1b2c3d/playlist.m3u8"
 
 
 def test_a_path_at_exactly_the_limit_fits() -> None:
     """The boundary: keys of exactly MAX_KEY_BYTES are allowed, one byte more is not."""
     stream_id = "x-0a1b2c3d"
-    overhead = len(f"streams//{stream_id}/metadata.json")
+    overhead = len(f"streams//{stream_id}/chunks/000000.m4s")  # the longest short key
     rel_dir = "/".join(["d" * 200] * 4)
     rel_dir += "/" + "e" * (MAX_KEY_BYTES - overhead - len(rel_dir) - 1)
     fits = StreamKeys("streams", rel_dir + "/x.mp4", stream_id)

@@ -19,7 +19,7 @@ import xxhash
 
 from tests.support.runner import Processor
 
-__all__ = ["check_stream", "list_keys", "metadata_documents", "read_object",
+__all__ = ["check_stream", "top_level_boxes", "list_keys", "metadata_documents", "read_object",
            "wait_for_metadata"]
 
 
@@ -74,6 +74,23 @@ def _is_rfc3339_utc(text: str) -> bool:
     return text.endswith("Z") and datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ") is not None
 
 
+def top_level_boxes(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, type) of an MP4's top-level boxes, walked by their sizes (the test's
+    own walk, independent of worker/fmp4.py)."""
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if size == 1:
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        elif size == 0:
+            size = len(data) - pos
+        if size < 8:
+            break
+        boxes.append((pos, kind))
+        pos += size
+    return boxes
+
+
 def check_stream(client: Any, bucket: str, doc: dict[str, Any], source: bytes,
                  *, prefix: str = "streams", read_args: dict[str, Any] | None = None) -> None:
     """Every invariant of contract §3 for one finished stream whose file holds ``source``."""
@@ -86,13 +103,21 @@ def check_stream(client: Any, bucket: str, doc: dict[str, Any], source: bytes,
     assert stream_prefix == expected_prefix
     assert doc["object_key"] == f"{expected_prefix}/{os.path.basename(doc['source_path'])}"
     offset = 0
+    fragmented = "playlist_key" in doc  # chunks end on fragments (contract §2, §6)
+    moofs = {o for o, kind in top_level_boxes(source) if kind == b"moof"} if fragmented else set()
     for i, chunk in enumerate(doc["chunks"]):
         assert chunk["index"] == i
         assert chunk["offset"] == offset
-        assert chunk["key"] == f"{expected_prefix}/chunks/{i:06d}"
+        assert chunk["key"] == f"{expected_prefix}/chunks/{i:06d}" + (".m4s" if fragmented else "")
         part = source[offset:offset + chunk["size"]]
         assert len(part) == chunk["size"]
-        if i < len(doc["chunks"]) - 1:
+        if i < len(doc["chunks"]) - 1 and fragmented:
+            # ends where the first moof at least chunk_size into it begins
+            end = offset + chunk["size"]
+            assert end in moofs, f"chunk {i} does not end where a moof begins"
+            assert not [o for o in moofs if offset + doc["chunk_size"] <= o < end], \
+                f"chunk {i} runs past the first moof it could have ended on"
+        elif i < len(doc["chunks"]) - 1:
             assert chunk["size"] == doc["chunk_size"]
         assert chunk["xxh3_128"] == xxhash.xxh3_128_hexdigest(part)
         assert read_object(client, bucket, chunk["key"], **(read_args or {})) == part, \

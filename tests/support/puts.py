@@ -23,9 +23,10 @@ def chunk_key(record: RequestRecord, bucket: str) -> tuple[str, int] | None:
     if record.method != "PUT" or record.query or not record.path.startswith(f"/{bucket}/"):
         return None
     parts = record.path.split("/")
-    if len(parts) < 4 or parts[-2] != "chunks" or not parts[-1].isdigit():
+    name = parts[-1].removesuffix(".m4s")  # a stream with a live playlist (contract §2)
+    if len(parts) < 4 or parts[-2] != "chunks" or not name.isdigit():
         return None
-    return parts[-3], int(parts[-1])
+    return parts[-3], int(name)
 
 
 def chunk_put_counts(proxy: RecordingProxy, bucket: str,

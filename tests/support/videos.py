@@ -19,6 +19,7 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 
@@ -53,8 +54,14 @@ def ffmpeg_command(
     bitrate_mbps: float = 12.0,
     realtime: bool = False,
     seed: int | None = None,
+    audio: bool = False,
+    movflags: str | None = None,
+    gop: int | None = None,
 ) -> list[str]:
-    """The ffmpeg argv used by :func:`make_video` / :func:`start_live_writer`."""
+    """The ffmpeg argv used by :func:`make_video` / :func:`start_live_writer`.
+    ``audio``: a 48 kHz AAC tone as a second track; ``movflags`` replaces the
+    fragmenting flags (e.g. ``frag_duration`` fragments); ``gop``: frames between
+    keyframes (default one second's)."""
     if seconds <= 0 or fps <= 0 or bitrate_mbps <= 0:
         raise ValueError("seconds, fps and bitrate_mbps must be positive")
     frames = max(1, round(seconds * fps))
@@ -69,18 +76,24 @@ def ffmpeg_command(
     # fmt: off
     cmd += [
         "-f", "lavfi", "-i", source,
+    ]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    cmd += [
         "-frames:v", str(frames),
         # One encoder thread: with VBV, frame threads make output vary run to
         # run; single-threaded it's deterministic per seed and only ~25% slower.
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-threads", "1",
         # 1 s GOP: a keyframe (and so a fragment) every second, like a camera.
-        "-g", str(fps), "-keyint_min", str(fps), "-sc_threshold", "0",
+        "-g", str(gop or fps), "-keyint_min", str(gop or fps), "-sc_threshold", "0",
         # bitrate target with a 1 s VBV buffer => predictable size
         "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k",
     ]
     # fmt: on
-    if fragmented:
-        cmd += ["-movflags", FRAGMENTED_MOVFLAGS]
+    if audio:
+        cmd += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
+    if fragmented or movflags:
+        cmd += ["-movflags", movflags or FRAGMENTED_MOVFLAGS]
     # No +faststart: moov goes at the end, as a recording camera writes it.
     cmd += ["-f", "mp4", os.fspath(path)]
     return cmd
@@ -95,6 +108,7 @@ def make_video(
     fps: int = 25,
     bitrate_mbps: float = 12.0,
     seed: int | None = None,
+    **options: Any,
 ) -> Path:
     """Write a complete H.264 MP4 at ``path`` as fast as possible.
 
@@ -111,6 +125,7 @@ def make_video(
         fps=fps,
         bitrate_mbps=bitrate_mbps,
         seed=seed,
+        **options,
     )
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     if proc.returncode != 0:
@@ -129,6 +144,7 @@ def start_live_writer(
     fps: int = 25,
     bitrate_mbps: float = 12.0,
     seed: int | None = None,
+    **options: Any,
 ) -> subprocess.Popen[bytes]:
     """Start ffmpeg writing ``path`` in real time, like a live camera.
 
@@ -146,6 +162,7 @@ def start_live_writer(
         bitrate_mbps=bitrate_mbps,
         realtime=True,
         seed=seed,
+        **options,
     )
     return subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -1,0 +1,180 @@
+"""Live playback (contract §6), end to end: ffmpeg records a fragmented MP4 with audio
+and video in real time; while it still writes, the playlist in S3 is checked range by
+range, decoded segment by segment with PyAV, and played by the bundled ffmpeg over
+HTTP from the S3 server, following it to the end. After completion the playlist names
+the assembled object alone (the chunks are deleted) and still plays."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.bucket import check_stream, list_keys, wait_for_metadata
+from tests.support.hls import (
+    Playlist,
+    decode,
+    parse_playlist,
+    play_with_ffmpeg,
+    public_read,
+    read_range,
+)
+from tests.support.proxy import RecordingProxy
+from tests.support.runner import wait_until
+from tests.support.videos import make_video, start_live_writer
+
+pytestmark = pytest.mark.timeout(240)
+
+SECONDS = 44.0
+FPS = 25
+GOP = 38  # frames: a keyframe, so a fragment, every 1.52 s
+
+
+def _playlist(client: Any, bucket: str, key: str) -> Playlist | None:
+    try:
+        text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except client.exceptions.NoSuchKey:
+        return None
+    return parse_playlist(text, key)
+
+
+def _check_ranges(client: Any, bucket: str, playlist: Playlist) -> None:
+    """(a) every byte range lies inside one object and starts with a moof; the init
+    section starts with ftyp and holds the moov."""
+    sizes: dict[str, int] = {}
+    for _, r in [(0.0, playlist.init), *playlist.segments]:
+        if r.key not in sizes:
+            sizes[r.key] = client.head_object(Bucket=bucket, Key=r.key)["ContentLength"]
+        assert r.offset >= 0 and r.size > 0 and r.offset + r.size <= sizes[r.key], r
+    init = read_range(client, bucket, playlist.init)
+    assert init[4:8] == b"ftyp" and b"moov" in init and b"mvex" in init
+    for _, r in playlist.segments:
+        head = client.get_object(Bucket=bucket, Key=r.key,
+                                 Range=f"bytes={r.offset}-{r.offset + 7}")["Body"].read()
+        assert head[4:8] == b"moof", r
+
+
+def test_a_live_recording_plays_from_s3_while_it_records(
+        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
+    processor = make_processor(workers=1, stream_timeout=3.0, extra=["--no-keep-chunks"])
+    processor.start()
+    path = processor.watch_dir / "cam.mp4"
+    writer = start_live_writer(path, SECONDS, bitrate_mbps=6.0, audio=True, gop=GOP)
+    player: dict[str, Any] = {}
+    try:
+        detected = processor.wait_for_event("stream_fragmented", timeout=60)[0]
+        stream_id = detected["stream_id"]
+        key = f"streams/{stream_id}/playlist.m3u8"
+        live = wait_until(lambda: (p := _playlist(client, bucket, key)) and
+                          len(p.segments) >= 4 and p, 60, "4 segments in the live playlist",
+                          processor.tail)
+        assert writer.poll() is None, "the recording ended before the checks began"
+        assert (live.version, live.kind, live.ended) == (7, "EVENT", False)
+        assert live.target == max(int(d + 0.5) for d, _ in live.segments)
+        # about 2-6 s: whole fragments (1.52 s here), cut where a chunk ends
+        durations = [d for d, _ in live.segments]
+        assert all(1.5 <= d <= 6.0 for d in durations), live.text
+        assert sum(d >= 2.0 for d in durations) >= 0.75 * len(durations), live.text
+        assert all(r.key.endswith(".m4s") for _, r in live.segments)
+        _check_ranges(client, bucket, live)
+        init = read_range(client, bucket, live.init)
+        for _, r in live.segments:   # (b) init + each segment decodes on its own
+            video, audio = decode(init, read_range(client, bucket, r))
+            assert video > 0 and audio > 0, r
+        assert writer.poll() is None, "the recording ended during the checks"
+        # (c) the bundled ffmpeg plays it over plain HTTP from the S3 server, default
+        # options: it starts near the live edge and follows the playlist to its end
+        public_read(client, bucket)
+        url = f"{proxy.url}/{bucket}/{key}"
+        started = time.monotonic()
+
+        def play() -> None:
+            player["seconds"] = play_with_ffmpeg(url, timeout=SECONDS + 90) / FPS
+        thread = threading.Thread(target=play)
+        thread.start()
+        _, err = writer.communicate(timeout=SECONDS + 60)
+        assert writer.returncode == 0, err
+        doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor, timeout=90)
+        thread.join(timeout=90)
+        assert "seconds" in player, "ffmpeg did not finish playing the live playlist"
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    data = path.read_bytes()
+    assert client.get_object(Bucket=bucket, Key=doc["object_key"])["Body"].read() == data
+    final = _playlist(client, bucket, key)
+    assert final is not None and final.ended and doc["playlist_key"] == key
+    # the segments the player knew keep their place: same count so far, same durations
+    assert [round(d, 6) for d, _ in final.segments[:len(live.segments)]] == \
+        [round(d, 6) for d, _ in live.segments]
+    assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2, \
+        (final.duration, doc["media_duration_seconds"])
+    assert {r.key for _, r in final.segments} | {final.init.key} == {doc["object_key"]}
+    # what ffmpeg decoded is the EXTINF sum from where it joined: its first media GET
+    gets = [r for r in proxy.requests() if r.method == "GET" and "range" in r.headers
+            and r.started_at >= started and r.path.endswith((".m4s", "cam.mp4"))]
+    first = _absolute_offset(gets, doc, bucket, live)
+    joined = next(i for i, (_, r) in enumerate(final.segments) if r.offset == first)
+    expected = sum(d for d, _ in final.segments[joined:])
+    assert abs(player["seconds"] - expected) <= 0.3, (
+        player["seconds"], expected, joined, [(g.path, g.headers["range"]) for g in gets])
+    # with the chunks deleted it plays from the assembled object alone
+    assert not [k for k in list_keys(client, bucket) if "/chunks/" in k]
+    assert abs(play_with_ffmpeg(url) / FPS - final.duration) <= 0.3
+
+
+def _absolute_offset(gets: list[Any], doc: dict[str, Any], bucket: str,
+                     live: Playlist) -> int:
+    """The file offset of the first media segment the player fetched (not the init
+    section, which it reads first)."""
+    init_end = live.init.offset + live.init.size
+    offsets = {c["key"]: c["offset"] for c in doc["chunks"]}
+    for record in gets:
+        key = record.path.removeprefix(f"/{bucket}/")
+        start = int(record.headers["range"].removeprefix("bytes=").split("-")[0])
+        base = offsets.get(key, 0)
+        if base + start >= init_end or key not in offsets and start >= init_end:
+            return base + start
+    raise AssertionError("the player fetched no media segment")
+
+
+def test_a_regular_mp4_gets_no_playlist_and_plain_chunk_keys(
+        make_processor: Any, client: Any, bucket: str) -> None:
+    processor = make_processor(workers=1, stream_timeout=1.0)
+    processor.start()
+    path = make_video(processor.watch_dir / "clip.mp4", 8.0)
+    doc = wait_for_metadata(client, bucket, "clip.mp4", processor=processor)
+    check_stream(client, bucket, doc, path.read_bytes())
+    assert "playlist_key" not in doc
+    assert not [k for k in list_keys(client, bucket) if k.endswith((".m3u8", ".m4s"))]
+
+
+def test_a_fragmented_file_without_live_playlist_keeps_fixed_chunks(
+        make_processor: Any, client: Any, bucket: str) -> None:
+    processor = make_processor(workers=1, stream_timeout=1.0, extra=["--no-live-playlist"])
+    processor.start()
+    path = make_video(processor.watch_dir / "clip.mp4", 10.0, fragmented=True)
+    doc = wait_for_metadata(client, bucket, "clip.mp4", processor=processor)
+    check_stream(client, bucket, doc, path.read_bytes())
+    assert "playlist_key" not in doc and not doc["chunks"][0]["key"].endswith(".m4s")
+
+
+def test_a_finished_fragmented_file_gets_an_endlist_playlist(
+        make_processor: Any, client: Any, bucket: str) -> None:
+    """A file copied in whole: chunks end on fragments (checked against the file's own
+    boxes by check_stream), and the playlist plays the assembled object."""
+    processor = make_processor(workers=1, stream_timeout=1.0)
+    processor.start()
+    (processor.watch_dir / "sub").mkdir()
+    path = make_video(processor.watch_dir / "sub" / "clip 1.mp4", 12.0, fragmented=True,
+                      audio=True)
+    doc = wait_for_metadata(client, bucket, "sub/clip 1.mp4", processor=processor)
+    check_stream(client, bucket, doc, path.read_bytes())
+    assert len(doc["chunks"]) >= 2
+    final = _playlist(client, bucket, doc["playlist_key"])
+    assert final is not None and final.ended
+    _check_ranges(client, bucket, final)
+    assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2
+    assert final.segments[0][1].key == doc["object_key"]

@@ -1,0 +1,229 @@
+"""Live playback (contract §6): fragment-aligned chunks and ``P/playlist.m3u8``.
+
+A stream's layout is decided once, before its first chunk, from its first boxes
+(worker/fmp4.py) and kept in its record (``extra["layout"]``): ``fmp4`` streams end
+each chunk where the first ``moof`` at least ``chunk_size`` bytes into it begins, so
+every chunk holds whole fragments and its key ends in ``.m4s``; anything else keeps
+fixed chunks. A stream with chunks but no layout (made before this existed, or with
+``--no-live-playlist``) is fixed. If a chunk could not end on a fragment within
+``min(2 × chunk_size, 5 GiB)`` (a fragment that large), the rest of the stream is
+fixed (``extra["fixed_from"]``): two-level assembly sizes its groups by that bound,
+and the live playlist stops at the last aligned chunk.
+
+The playlist is derived state: after a committed chunk (or a restart) it is rebuilt
+from the chunks' own fragments and PUT whole, at most once per committed chunk. A
+crash leaves the previous one, which names only committed chunks: still valid, so
+nothing of it goes in the write-ahead log. At completion it is rebuilt from the final
+bytes, against the assembled object, with ``#EXT-X-ENDLIST``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import metrics
+from shared.settings import Settings
+from shared.state.records import ChunkRecord
+from worker.fmp4 import (
+    MAX_FRAGMENTED_CHUNK,
+    Movie,
+    NotMP4,
+    classify,
+    fragments_in,
+    next_boundary,
+    parse_movie,
+    payload,
+    read_box,
+)
+from worker.planning import ChunkSpan, completion_spans
+from worker.playlist import Segment, object_uri, render, segments_of
+from worker.source import SourceFiles
+from worker.storage import Storage
+from worker.stream import Stream
+
+__all__ = ["LivePlaylists", "chunk_limit"]
+
+
+def chunk_limit(chunk_size: int) -> int:
+    """The largest fragment-aligned chunk."""
+    return min(2 * chunk_size, MAX_FRAGMENTED_CHUNK)
+
+
+@dataclass
+class _Live:
+    """What memory keeps of one fmp4 stream: its movie, the boundary walk's resume
+    point, each chunk's segments (keyed by the chunk as committed), what was written."""
+
+    movie: Movie | None = None
+    init_size: int = 0
+    scan: tuple[int, int] = (0, 0)            # (chunk start, where the walk resumes)
+    segments: dict[tuple[int, int, int, str], list[Segment]] = field(default_factory=dict)
+    written: int = -1                         # chunks the last playlist PUT named
+
+
+class LivePlaylists:
+    def __init__(self, settings: Settings, source: SourceFiles, storage: Storage,
+                 log: Any) -> None:
+        self.enabled = settings.live_playlist
+        self.source, self.storage, self.log = source, storage, log
+        self._live: dict[str, _Live] = {}
+
+    # -- chunk planning ------------------------------------------------------------
+    def next_full_chunk(self, stream: Stream) -> ChunkSpan | None:
+        """The next chunk to upload while recording, if all of it is on disk."""
+        layout = self._layout(stream, final=False)
+        if layout is None:
+            return None                     # the boxes that decide are not on disk yet
+        if not self._aligned(stream, len(stream.chunks)):
+            return stream.next_full_chunk()
+        index = len(stream.chunks)
+        boundary = self._boundary(stream, index, stream.committed_bytes, stream.record.size)
+        if boundary is None:  # not on disk yet; or no fragment boundary can come: fixed
+            return None if self._aligned(stream, index) else stream.next_full_chunk()
+        return ChunkSpan(index, stream.committed_bytes, boundary - stream.committed_bytes)
+
+    def completion_spans(self, stream: Stream) -> list[ChunkSpan]:
+        """Every chunk still to upload at completion: aligned ones, then the tail."""
+        self._layout(stream, final=True)
+        spans: list[ChunkSpan] = []
+        index, offset, size = len(stream.chunks), stream.committed_bytes, stream.record.size
+        while offset < size and self._aligned(stream, index):
+            boundary = self._boundary(stream, index, offset, size)
+            if boundary is None:
+                if self._aligned(stream, index):   # the tail: the last fragments
+                    return spans + [ChunkSpan(index, offset, size - offset)]
+                break
+            spans.append(ChunkSpan(index, offset, boundary - offset))
+            index, offset = index + 1, boundary
+        return spans + completion_spans(index, offset, size, stream.record.chunk_size)
+
+    def _aligned(self, stream: Stream, index: int) -> bool:
+        record = stream.record
+        fixed_from = record.extra.get("fixed_from")
+        return record.extra.get("layout") == "fmp4" and (fixed_from is None
+                                                         or index < int(fixed_from))
+
+    def _layout(self, stream: Stream, final: bool) -> str | None:
+        layout = stream.record.extra.get("layout")
+        if layout is not None or stream.chunks or not self.enabled:
+            return layout or "fixed"
+        with self.source.opened(stream.record) as (fd, _):
+            decided, first = classify(_reader(fd), stream.record.size)
+        if decided is None and not final:
+            return None
+        stream.set_layout(decided or "fixed")
+        if decided == "fmp4":
+            self._live[stream.stream_id] = _Live(init_size=first)
+            self.log.info("stream_fragmented", stream_id=stream.stream_id, init_bytes=first)
+        return decided or "fixed"
+
+    def _boundary(self, stream: Stream, index: int, start: int, size: int) -> int | None:
+        """Where chunk ``index`` (from ``start``) ends, if that is on disk; None also
+        when no fragment can end it in time, which makes the rest fixed."""
+        live = self._live.setdefault(stream.stream_id, _Live())
+        resume = live.scan[1] if live.scan[0] == start else start
+        try:
+            with self.source.opened(stream.record) as (fd, _):
+                boundary, resume = next_boundary(_reader(fd), start, resume, size,
+                                                 stream.record.chunk_size,
+                                                 chunk_limit(stream.record.chunk_size))
+        except NotMP4 as exc:
+            stream.fix_layout_from(index)
+            self.log.warning("live_playlist_stopped", stream_id=stream.stream_id,
+                             from_chunk=index, reason=str(exc))
+            return None
+        live.scan = (start, resume)
+        return boundary
+
+    # -- the playlist ----------------------------------------------------------------
+    def refresh(self, stream: Stream) -> None:
+        """PUT the live playlist if chunks were committed since the last one."""
+        if stream.record.extra.get("layout") != "fmp4" or not stream.chunks:
+            return
+        live = self._live.setdefault(stream.stream_id, _Live())
+        if live.written == len(stream.chunks):
+            return
+        chunks = [c for c in stream.chunks if self._aligned(stream, c.index)]
+        try:
+            with self.source.opened(stream.record) as (fd, _):
+                read = _reader(fd)
+                if live.movie is None:
+                    self._read_movie(live, read, stream.record.size)
+                assert live.movie is not None
+                segments = [s for c in chunks
+                            for s in self._chunk_segments(live, read, stream, c)]
+        except NotMP4 as exc:   # the file was rewritten under us: completion will judge
+            self.log.warning("playlist_skipped", stream_id=stream.stream_id, reason=str(exc))
+            live.written = len(stream.chunks)
+            return
+        self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments, ended=False))
+        live.written = len(stream.chunks)
+
+    def finish(self, stream: Stream, object_key: str | None) -> str | None:
+        """At completion: the playlist with ``#EXT-X-ENDLIST``, from the final bytes and
+        against the assembled object (against the chunks if there is none); its key,
+        or None for a stream with no playlist."""
+        if stream.record.extra.get("layout") != "fmp4" or not stream.chunks:
+            return None
+        live = _Live()
+        size = stream.record.size
+        with self.source.opened(stream.record) as (fd, _):
+            read = _reader(fd)
+            self._read_movie(live, read, size)
+            assert live.movie is not None
+            # the live playlist's segments, in the same places (a player following it
+            # keeps its position), read again from the final bytes and named in the
+            # assembled object when there is one
+            final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
+            init_uri = final or _chunk_uri(stream, 0)
+            segments = [s for c in stream.chunks
+                        for s in self._chunk_segments(live, read, stream, c, final)]
+        self._put(stream, render(init_uri, live.init_size, segments, ended=True))
+        self._live.pop(stream.stream_id, None)
+        return stream.keys.playlist
+
+    def forget(self, stream_id: str) -> None:
+        self._live.pop(stream_id, None)
+
+    def _read_movie(self, live: _Live, read: Any, size: int) -> None:
+        decided, first = classify(read, size)
+        if decided != "fmp4":
+            raise NotMP4("the file no longer starts as a fragmented MP4")
+        live.init_size = first
+        box = read_box(read, 0, size)
+        while box is not None and box.type != b"moov" and box.end is not None:
+            box = read_box(read, box.end, size)
+        assert box is not None, "classify found this moov"
+        live.movie = parse_movie(payload(read, box))
+
+    def _chunk_segments(self, live: _Live, read: Any, stream: Stream, chunk: ChunkRecord,
+                        final: str | None = None) -> list[Segment]:
+        """Chunk ``chunk``'s segments, as byte ranges of the chunk object, or of the
+        assembled object named ``final`` (the same segments: a segment never spans two
+        chunks, so the playlist keeps its numbering when it moves to the final object)."""
+        key = (chunk.index, chunk.offset, chunk.size, chunk.xxh3_128)
+        if key not in live.segments:
+            assert live.movie is not None
+            fragments = fragments_in(read, max(chunk.offset, live.init_size), chunk.end,
+                                     live.movie)
+            live.segments[key] = segments_of(fragments, _chunk_uri(stream, chunk.index),
+                                             chunk.offset)
+        if final is None:
+            return live.segments[key]
+        return [Segment(final, s.offset + chunk.offset, s.size, s.duration)
+                for s in live.segments[key]]
+
+    def _put(self, stream: Stream, text: str) -> None:
+        self.storage.put_playlist(stream.keys.playlist, text.encode())
+        metrics.PLAYLIST_WRITES.inc()
+
+
+def _reader(fd: int) -> Any:
+    return lambda offset, size: os.pread(fd, size, offset)
+
+
+def _chunk_uri(stream: Stream, index: int) -> str:
+    """Chunk ``index``'s key relative to the playlist (both live under ``P``)."""
+    return "chunks/" + object_uri(stream.keys.chunk(index).rsplit("/", 1)[1])
