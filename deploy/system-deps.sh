@@ -2,8 +2,10 @@
 # Installs the system tools the test suite uses, from Debian's packages, when missing.
 #
 #   promtool   (package `prometheus`)  tests/deploy/test_alerts.py, test_dashboard.py
-#   libfuse3   (package `fuse3`)       the power-cut filesystem, tests/support/powercut.py
-#              (its tests skip, saying so, where /dev/fuse is missing)
+#   libfuse3   (package `libfuse3-3`)  the power-cut filesystem, tests/support/powercut.py;
+#              the library alone: Debian's `fuse3` would remove `fuse` 2. Its tests
+#              skip, saying why, without root, /dev/fuse or the library, so a machine
+#              that cannot install it still runs the suite.
 #
 # Non-interactive; `apt-get update` runs only when the install fails without it (a
 # fresh machine has no package lists). Needs root, or passwordless sudo. The
@@ -13,12 +15,13 @@ set -euo pipefail
 have_libfuse3() {  # no pipe into grep -q: under pipefail its early exit fails the pipe
     local cache
     cache=$({ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null || true)
-    [[ $cache == *libfuse3.so* ]]
+    [[ $cache == *libfuse3.so* ]] || compgen -G '/usr/lib*/**/libfuse3.so.3*' >/dev/null ||
+        compgen -G '/lib/*/libfuse3.so.3*' >/dev/null
 }
 
 packages=()
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
-have_libfuse3 || packages+=(fuse3)
+have_libfuse3 || packages+=(libfuse3-3)
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
@@ -34,6 +37,11 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         as_root=(sudo -n)
     else
+        if [[ " ${packages[*]} " != *" prometheus "* ]]; then
+            echo "system-deps: libfuse3 missing and not root: the power-cut tests will" \
+                 "skip (apt-get install libfuse3-3 to run them)" >&2
+            exit 0
+        fi
         echo "system-deps: missing; run as root or install:" \
              "apt-get install ${packages[*]}" >&2
         exit 1
@@ -68,7 +76,7 @@ command -v promtool >/dev/null 2>&1 || {
     exit 1
 }
 have_libfuse3 || {
-    echo "system-deps: the fuse3 package installed no libfuse3" >&2
+    echo "system-deps: the libfuse3-3 package installed no libfuse3" >&2
     exit 1
 }
 promtool --version 2>&1 | head -n 1 >&2

@@ -26,7 +26,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_dirs(path: Path) -> None:
-    """``mkdir -p path``, each directory it creates fsynced into its parent."""
+    """``mkdir -p path``, each directory it creates fsynced into its parent, and
+    ``path``'s own entry fsynced even when it existed: a run killed between its mkdir
+    and that fsync left it there, not yet durable, and no later run would sync it."""
     missing = []
     while not path.is_dir():
         missing.append(path)
@@ -40,6 +42,11 @@ def make_dirs(path: Path) -> None:
             if not directory.is_dir():
                 raise
         fsync_dir(directory.parent)
+    if not missing:
+        try:
+            fsync_dir(path.parent)
+        except PermissionError:
+            pass  # a parent we may only traverse: whoever made path made it durable
 
 
 def write_file(path: Path, text: str) -> None:

@@ -111,3 +111,32 @@ def test_every_acknowledged_write_survives_cuts_across_log_files(disk: PowerCutF
         lost.append(len(missing))
     assert acked > 8 * 64, f"only {acked + 1} writes: too few to move to new log files"
     assert lost == [0] * 8, f"acknowledged writes lost, per cut: {lost}"
+
+
+def test_what_a_killed_run_left_unsynced_is_made_durable_by_the_next(disk: PowerCutFS) -> None:
+    """A run killed between a mkdir and its parent's fsync, or between renaming a new
+    LevelDB into place and syncing that: the next run's open syncs both."""
+    import os
+
+    import plyvel
+
+    from shared.state.durable import fsync_dir
+
+    state = disk.mountpoint / "state"
+    make_dirs(state)
+    directory = WorkerStateDir(state / "worker-0")
+    os.mkdir(directory.path)   # the killed run: no fsync of state/
+    plyvel.DB(str(directory.checkpoints_staging), create_if_missing=True).close()
+    fsync_dir(directory.checkpoints_staging)
+    os.rename(directory.checkpoints_staging, directory.checkpoints)  # killed before the sync
+    store = CheckpointStore(directory)   # the next run
+    assert not store.fresh
+    store.start_stream(StreamRecord(stream_id="s1", rel_path="cam.mp4", dev=1, ino=2,
+                                    chunk_size=100, started_at=1.5), sync=True)
+    store.close()
+    disk.cut()
+    reopened = CheckpointStore(directory)
+    try:
+        assert reopened.current_stream_id("cam.mp4") == "s1"
+    finally:
+        reopened.close()

@@ -43,6 +43,16 @@ class Dir(Node):
         self.durable: dict[str, Node] = {}   # the entries as of the last fsync
 
 
+def _truncate(node: Node, length: int) -> None:
+    if not isinstance(node, File):
+        raise _error(errno.EISDIR)
+    if length < len(node.data):
+        del node.data[length:]
+    else:
+        node.data.extend(bytes(length - len(node.data)))
+    node.touch()
+
+
 def _error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -188,11 +198,18 @@ def _operations(tree: Volatile) -> Any:
             if node is None:
                 node = parent.entries[name] = File(mode)
                 parent.touch()
+            elif flags & os.O_EXCL:
+                raise _error(errno.EEXIST)
+            elif flags & os.O_TRUNC:
+                _truncate(node, 0)
             return tree.open(node)
 
         @locked
         def open(self, path: str, flags: int) -> int:
-            return tree.open(tree.lookup(path))
+            node = tree.lookup(path)
+            if flags & os.O_TRUNC:   # libfuse 3 asks for atomic O_TRUNC: it is ours to do
+                _truncate(node, 0)
+            return tree.open(node)
 
         @locked
         def opendir(self, path: str) -> int:
@@ -213,12 +230,7 @@ def _operations(tree: Volatile) -> Any:
 
         @locked
         def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
-            node = tree.file(path, fh)
-            if length < len(node.data):
-                del node.data[length:]
-            else:
-                node.data.extend(bytes(length - len(node.data)))
-            node.touch()
+            _truncate(tree.file(path, fh), length)
             return 0
 
         @locked

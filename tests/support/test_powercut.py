@@ -69,6 +69,14 @@ def test_unsynced_data_vanishes_and_synced_data_survives(disk: PowerCutFS, root:
     assert disk.pending() == (0, 0)
 
 
+def test_opening_with_o_trunc_empties_the_file(disk: PowerCutFS, root: Path) -> None:
+    write(root / "f", b"hello world", sync=True)
+    (root / "f").write_bytes(b"x")            # open(O_WRONLY | O_CREAT | O_TRUNC)
+    assert (root / "f").read_bytes() == b"x"
+    with pytest.raises(FileExistsError):
+        os.open(root / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+
 def test_fdatasync_makes_data_durable(disk: PowerCutFS, root: Path) -> None:
     fd = os.open(root / "c", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"x" * 100_000)
