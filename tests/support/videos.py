@@ -57,11 +57,13 @@ def ffmpeg_command(
     audio: bool = False,
     movflags: str | None = None,
     gop: int | None = None,
+    frag_duration: float | None = None,
 ) -> list[str]:
     """The ffmpeg argv used by :func:`make_video` / :func:`start_live_writer`.
     ``audio``: a 48 kHz AAC tone as a second track; ``movflags`` replaces the
     fragmenting flags (e.g. ``frag_duration`` fragments); ``gop``: frames between
-    keyframes (default one second's)."""
+    keyframes (default one second's); ``frag_duration``: fragments of that many
+    seconds, cut whether or not a keyframe starts them."""
     if seconds <= 0 or fps <= 0 or bitrate_mbps <= 0:
         raise ValueError("seconds, fps and bitrate_mbps must be positive")
     frames = max(1, round(seconds * fps))
@@ -92,7 +94,10 @@ def ffmpeg_command(
     # fmt: on
     if audio:
         cmd += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
-    if fragmented or movflags:
+    if frag_duration is not None:
+        cmd += ["-frag_duration", str(round(frag_duration * 1e6)),
+                "-movflags", movflags or "empty_moov+default_base_moof"]
+    elif fragmented or movflags:
         cmd += ["-movflags", movflags or FRAGMENTED_MOVFLAGS]
     # No +faststart: moov goes at the end, as a recording camera writes it.
     cmd += ["-f", "mp4", os.fspath(path)]
