@@ -51,6 +51,7 @@ WORKER_TARGET = "worker.entry:run_worker"
 
 DEFAULT_CONFIG = "processor.ini"
 ENV_PREFIX = "PROCESSOR"
+SUBCOMMANDS = ("status", "inspect", "playlist")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -274,6 +275,7 @@ def cli(**options: Any) -> Settings:
     Other commands:
       processor status   show the running service's streams (--watch, --json)
       processor inspect  print the checkpoints of a stopped service
+      processor playlist print a stream's live playlist with presigned URLs
     """
     options["log_level"] = options["log_level"].lower()
     options["log_format"] = options["log_format"].lower()
@@ -348,8 +350,9 @@ def parse_settings(argv: list[str]) -> Settings | int:
 
 def _subcommands() -> dict[str, click.Command]:
     from supervisor.inspection import inspect_state
+    from supervisor.playlist_command import playlist
     from supervisor.status import status
-    return {"status": status, "inspect": inspect_state}
+    return {"status": status, "inspect": inspect_state, "playlist": playlist}
 
 
 def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     arrived before the supervisor's handlers exist (see ``supervisor.entry``)."""
     argv = sys.argv[1:] if argv is None else argv
     early_signals = [] if early_signals is None else early_signals
-    if argv and argv[0] in ("status", "inspect"):
+    if argv and argv[0] in SUBCOMMANDS:
         command = _subcommands()[argv[0]]
         return int(command.main(args=argv[1:], prog_name=f"processor {argv[0]}",
                                 standalone_mode=True) or 0)

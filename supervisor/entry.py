@@ -22,7 +22,7 @@ def _remember(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("status", "inspect"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("status", "inspect", "playlist"):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _remember)
     from supervisor.cli import main as cli_main

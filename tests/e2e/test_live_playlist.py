@@ -178,3 +178,50 @@ def test_a_finished_fragmented_file_gets_an_endlist_playlist(
     _check_ranges(client, bucket, final)
     assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2
     assert final.segments[0][1].key == doc["object_key"]
+
+
+def test_processor_playlist_prints_presigned_urls(make_processor: Any, client: Any,
+                                                  bucket: str, s3: Any) -> None:
+    """``processor playlist STREAM_ID --presign 1h`` finds the stream (in a sub-folder)
+    by its id and prints its playlist with a presigned, distinct URL per segment; a
+    player without credentials fetches and decodes every range through them. An
+    unknown id is a one-line error, exit 1."""
+    import os
+    import re
+    import subprocess
+    import urllib.request
+
+    from tests.support.runner import processor_command
+
+    processor = make_processor(workers=1, stream_timeout=1.0)
+    processor.start()
+    (processor.watch_dir / "site").mkdir()
+    make_video(processor.watch_dir / "site" / "door.mp4", 12.0, fragmented=True, audio=True)
+    doc = wait_for_metadata(client, bucket, "site/door.mp4", processor=processor)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROCESSOR_"))}
+    env.update(s3.env())
+    argv = [*processor_command(), "playlist", doc["stream_id"], "--presign", "1h",
+            "--s3-endpoint", s3.url, "--s3-bucket", bucket]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    urls = [line for line in lines if line.startswith("http")]
+    init_url = re.search(r'URI="([^"]+)"', out.stdout).group(1)
+    assert len(urls) == len(set(urls)) >= 2 and all("X-Amz-Signature" in u for u in urls)
+    ranges = [tuple(map(int, line.split(":")[1].split("@"))) for line in lines
+              if line.startswith("#EXT-X-BYTERANGE:")]
+
+    def fetch(url: str, size: int, offset: int) -> bytes:
+        request = urllib.request.Request(
+            url, headers={"Range": f"bytes={offset}-{offset + size - 1}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return bytes(response.read())
+    init_size = int(re.search(r'BYTERANGE="(\d+)@0"', out.stdout).group(1))
+    init = fetch(init_url, init_size, 0)
+    for url, (size, offset) in zip(urls, ranges, strict=True):
+        video, audio = decode(init, fetch(url, size, offset))
+        assert video > 0 and audio > 0
+    at = argv.index(doc["stream_id"])
+    missing = subprocess.run([*argv[:at], "nope-00000000", *argv[at + 1:]], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no stream 'nope-00000000'" in missing.stderr
