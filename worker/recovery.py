@@ -182,7 +182,11 @@ class BucketRecovery:
                 verified.append(ChunkRecord(index, offset, head[0], head[1], time.time()))
                 self.pulse()
         sizes_seen = {c.size for c in verified[:-1]}
-        chunk_size = sizes_seen.pop() if len(sizes_seen) == 1 else self.chunk_size
+        layout = _layout(key for _, key in indexed)
+        if layout:  # chunks of whole fragments: each full one at least chunk_size long
+            chunk_size = min([self.chunk_size, *sizes_seen])
+        else:
+            chunk_size = sizes_seen.pop() if len(sizes_seen) == 1 else self.chunk_size
         if verified and verified[-1].size < chunk_size:
             verified = verified[:-1]  # a short tail: uploaded again, fuller, at its key
         if not verified:
@@ -191,7 +195,7 @@ class BucketRecovery:
         record = StreamRecord(
             stream_id=keys.stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
             chunk_size=chunk_size, started_at=now, size=verified[-1].end, mtime_ns=0,
-            extra={"recovered_at": now, **_layout(key for _, key in indexed)})
+            extra={"recovered_at": now, **layout})
         return Found(record, verified, finished=False)
 
     def _match_finished(self, document: dict[str, Any], keys: StreamKeys, rel_path: str,
