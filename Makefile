@@ -5,13 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test test-unit coverage test-faults test-full test-rgw rgw-up rgw-down lint venv system-deps bench bench-smoke docker-smoke clean
+.PHONY: test test-unit coverage test-faults test-full test-rgw rgw-up rgw-down lint venv system-deps browser-deps bench bench-smoke docker-smoke clean
 
 # Two passes: the suite on 2 processes (each with its own S3 server; a test file stays
 # on one process), then the `serial` tests alone (rates and latencies measured at the
 # proxy, a system-wide inotify limit). Both always run; either failing fails the target
 # (a pass that selects nothing, status 5, as with PYTEST_ARGS=tests/worker, is fine).
-test: $(VENV)/.installed system-deps
+test: $(VENV)/.installed system-deps browser-deps
 	rc=0; \
 	$(PY) -m pytest -n 2 --dist loadfile -m "not serial" $(PYTEST_ARGS) || \
 	  { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
@@ -40,7 +40,7 @@ COVERAGE_DIR := build/coverage
 coverage: export COVERAGE_TOTALS := import json; t = json.load(open('$(COVERAGE_DIR)/coverage.json'))['totals']; \
   print('total lines    %d/%d = %.1f%%' % (t['covered_lines'], t['num_statements'], t['percent_statements_covered'])); \
   print('total branches %d/%d = %.1f%%' % (t['covered_branches'], t['num_branches'], t['percent_branches_covered']))
-coverage: $(VENV)/.installed system-deps
+coverage: $(VENV)/.installed system-deps browser-deps
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR) && chmod 1777 $(COVERAGE_DIR)
 	$(PY) -m coverage run -m pytest $(COVERAGE_DESELECT) $(PYTEST_ARGS); rc=$$?; \
 	  $(PY) -m coverage combine --quiet && rm -f $(COVERAGE_DIR)/.coverage.* && \
@@ -57,7 +57,7 @@ test-faults: $(VENV)/.installed system-deps
 
 # Everything at full size: the fault suite's full repetitions, 2,000 files at once, and
 # the uplink tests with the issue's own sizes (tests/support/scale.py); about 30 min.
-test-full: $(VENV)/.installed system-deps
+test-full: $(VENV)/.installed system-deps browser-deps
 	TESTS_FULL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite against Ceph's S3 gateway (radosgw, Debian's ceph 16.2) instead of
@@ -89,6 +89,14 @@ $(VENV)/.installed: pyproject.toml
 # Tools from Debian's packages that tests need (e.g. promtool); no-op when present.
 system-deps:
 	bash deploy/system-deps.sh
+
+# hls.js for the browser playback test, at the version tests/browser/package-lock.json
+# pins, from the npm registry (skipped without npm: that test then skips too).
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+browser-deps: $(BROWSER_DEPS)
+$(BROWSER_DEPS): tests/browser/package-lock.json
+	if command -v npm >/dev/null; then cd tests/browser && npm ci --no-audit --no-fund; \
+	else echo "browser-deps: no npm; the browser playback test will skip"; fi
 
 # Side-by-side benchmark against awscli, rclone and a boto3 loop (docs/BENCHMARKS.md).
 bench: $(VENV)/.installed

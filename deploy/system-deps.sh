@@ -3,9 +3,13 @@
 #
 #   promtool   (package `prometheus`)  tests/deploy/test_alerts.py, test_dashboard.py
 #   libfuse3   (package `libfuse3-3`)  the power-cut filesystem, tests/support/powercut.py;
-#              the library alone: Debian's `fuse3` would remove `fuse` 2. Its tests
-#              skip, saying why, without root, /dev/fuse or the library, so a machine
-#              that cannot install it still runs the suite.
+#              the library alone: Debian's `fuse3` would remove `fuse` 2
+#   chromium, chromedriver (`chromium`, `chromium-driver`), npm (`npm`)
+#              the browser playback test (tests/e2e/test_browser_playback.py; npm
+#              fetches hls.js into tests/browser, see the Makefile)
+#
+# Only promtool is required: the tests of the others skip, saying why, where they are
+# missing, so a machine that cannot install them (not root) still runs the suite.
 #
 # Non-interactive; `apt-get update` runs only when the install fails without it (a
 # fresh machine has no package lists). Needs root, or passwordless sudo. The
@@ -22,6 +26,9 @@ have_libfuse3() {  # no pipe into grep -q: under pipefail its early exit fails t
 packages=()
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 have_libfuse3 || packages+=(libfuse3-3)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
@@ -38,8 +45,8 @@ if [ "$(id -u)" -ne 0 ]; then
         as_root=(sudo -n)
     else
         if [[ " ${packages[*]} " != *" prometheus "* ]]; then
-            echo "system-deps: libfuse3 missing and not root: the power-cut tests will" \
-                 "skip (apt-get install libfuse3-3 to run them)" >&2
+            echo "system-deps: not root, so not installing ${packages[*]}: the tests" \
+                 "that need them will skip, saying so" >&2
             exit 0
         fi
         echo "system-deps: missing; run as root or install:" \
