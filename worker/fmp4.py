@@ -22,11 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Box", "Movie", "Fragment", "NotMP4", "read_box", "classify", "next_boundary",
-           "fragments_in", "parse_movie", "payload", "MAX_FRAGMENTED_CHUNK"]
+           "fragments_in", "parse_movie", "payload"]
 
 ReadAt = Callable[[int, int], bytes]
 
-MAX_FRAGMENTED_CHUNK = 5 * 1024**3   # S3's largest single PUT
 _TOP_LEVEL = {b"ftyp", b"styp", b"moov", b"moof", b"mdat", b"free", b"skip", b"wide",
               b"sidx", b"prft", b"emsg", b"mfra", b"uuid", b"meta", b"pdin", b"ssix"}
 

@@ -45,7 +45,8 @@ BUILD_THREADS_COMPLETION = 8    # and at completion
 
 
 def chunks_per_group(max_parts: int, chunk_size: int) -> int:
-    """As many chunks as one upload may have parts, and a group at most 5 GiB."""
+    """As many chunks as one upload may have parts, and a group at most 5 GiB, for
+    chunks of at most ``chunk_size`` bytes (``Stream.largest_chunk``)."""
     return max(1, min(max_parts, MAX_PART_BYTES // max(chunk_size, 1)))
 
 
@@ -83,7 +84,7 @@ class Groups:
 
     def size(self, stream: Stream) -> int:
         return stream.record.group_chunks or chunks_per_group(self.max_parts,
-                                                               stream.record.chunk_size)
+                                                               stream.largest_chunk)
 
     def count(self, stream: Stream) -> int:
         size = self.size(stream)

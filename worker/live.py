@@ -27,7 +27,6 @@ from shared import metrics
 from shared.settings import Settings
 from shared.state.records import ChunkRecord
 from worker.fmp4 import (
-    MAX_FRAGMENTED_CHUNK,
     Movie,
     NotMP4,
     classify,
@@ -43,12 +42,7 @@ from worker.source import SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream
 
-__all__ = ["LivePlaylists", "chunk_limit"]
-
-
-def chunk_limit(chunk_size: int) -> int:
-    """The largest fragment-aligned chunk."""
-    return min(2 * chunk_size, MAX_FRAGMENTED_CHUNK)
+__all__ = ["LivePlaylists"]
 
 
 @dataclass
@@ -128,7 +122,7 @@ class LivePlaylists:
             with self.source.opened(stream.record) as (fd, _):
                 boundary, resume = next_boundary(_reader(fd), start, resume, size,
                                                  stream.record.chunk_size,
-                                                 chunk_limit(stream.record.chunk_size))
+                                                 stream.largest_chunk)
         except NotMP4 as exc:
             stream.fix_layout_from(index)
             self.log.warning("live_playlist_stopped", stream_id=stream.stream_id,

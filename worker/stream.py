@@ -121,6 +121,14 @@ class Stream:
         return self.record.upload_id
 
     @property
+    def largest_chunk(self) -> int:
+        """The most bytes one chunk may hold: ``chunk_size``, or for chunks that end on
+        fragments (worker/live.py) up to twice that, and never past S3's 5 GiB PUT."""
+        size = self.record.chunk_size
+        return min(2 * size, 5 * 1024**3) if self.record.extra.get("layout") == "fmp4" \
+            else size
+
+    @property
     def committed_bytes(self) -> int:
         """Where the committed chunks end (they are contiguous from offset 0)."""
         return self.chunks[-1].end if self.chunks else 0

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import structlog
 
+from shared.keys import StreamKeys
 from shared.s3 import StorageError
-from shared.state.records import ChunkRecord
+from shared.state.records import ChunkRecord, StreamRecord
 from tests.worker.test_multipart import CHUNK, Parts
 from worker.groups import MAX_OBJECT_BYTES, chunks_per_group, group_digest
 from worker.liveness import NEVER_STOPS
@@ -60,6 +61,12 @@ def test_group_size_is_bounded_by_parts_and_5_gib() -> None:
     assert chunks_per_group(10_000, 10 << 20) == 512
     assert chunks_per_group(4, 5 << 20) == 4
     assert chunks_per_group(10_000, 5 << 30) == 1
+    # chunks that end on fragments hold up to twice chunk_size: groups of half as many
+    fragmented = Stream(None, StreamRecord(  # type: ignore[arg-type]
+        stream_id="c-1", rel_path="c.mp4", dev=1, ino=1, chunk_size=10 << 20, started_at=0.0,
+        extra={"layout": "fmp4"}), [], StreamKeys("s", "c.mp4", "c-1"))
+    assert fragmented.largest_chunk == 20 << 20
+    assert chunks_per_group(10_000, fragmented.largest_chunk) * (20 << 20) <= 5 << 30
     chunk = ChunkRecord(0, 0, 10, "a" * 32, 1.0)
     assert group_digest([chunk]) != group_digest([ChunkRecord(0, 0, 10, "b" * 32, 1.0)])
     assert group_digest([chunk]) == group_digest([ChunkRecord(0, 0, 10, "a" * 32, 9.0)])
