@@ -19,6 +19,9 @@ Sections:
   uplink   --bwlimit: the metering's CPU per GiB against no cap, and under a cap at half
            the server's rate, achieved / cap and live chunk visibility with and without
            live-first (bench/sections/uplink.py).
+  playlist the live playlist's CPU per GiB against --no-live-playlist, pair by pair,
+           and the delay from a fragment on disk to the playlist listing it beyond the
+           chunk PUT (bench/sections/playlist.py).
 
 Exit status is non-zero only when something is broken (a client failed, objects are
 missing or the wrong size, the processor did not finish or exit cleanly), never
@@ -42,6 +45,7 @@ from bench.report import machine_info, report, to_json
 from bench.sections.bulk import bulk_section
 from bench.sections.live import live_latency
 from bench.sections.many import many_streams
+from bench.sections.playlist import playlist_section
 from bench.sections.uplink import uplink_section
 from tests.support.s3server import s3_endpoint
 
@@ -51,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="small and fast (< 1 min): 1 worker vs the boto3 loop only")
-    parser.add_argument("--sections", default="bulk,live,many,uplink",
-                        help="comma separated subset of bulk,live,many,uplink")
+    parser.add_argument("--sections", default="bulk,live,many,uplink,playlist",
+                        help="comma separated subset of bulk,live,many,uplink,playlist")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache"
                                                     / "video-stream-processor-bench")))
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    profile=profile_supervisor)
             if "uplink" in sections:
                 results["uplink"] = uplink_section(ep, s3, work, files, smoke)
+            if "playlist" in sections:
+                results["playlist"] = playlist_section(ep, s3, work, files, smoke)
         except Broken as exc:
             print(f"BROKEN: {exc}", file=sys.stderr)
             return 1

@@ -157,6 +157,19 @@ def report(results: dict[str, Any]) -> str:
         out.append(row(["supervisor_peak_rss_mb", str(m["supervisor_peak_rss_mb"])]))
         out.append(row(["worker_peak_rss_mb", str(m["worker_peak_rss_mb"])]))
         out.append(row(["total_peak_pss_mb", str(m["total_peak_pss_mb"])]))
+    playlist = results.get("playlist")
+    if playlist:
+        out.append("")
+        out.append(f"### Live playlist ({playlist['gib']} GiB of fragmented MP4, "
+                   f"{len(playlist['cpu_ratio'])} pairs)")
+        out.append("CPU-s per GiB with / without: " + ", ".join(
+            f"{w} / {n} = {r:.3f}x" for w, n, r in zip(
+                playlist["cpu_per_gib_with"], playlist["cpu_per_gib_without"],
+                playlist["cpu_ratio"], strict=True)))
+        lat = playlist["latency"]
+        out.append(f"fragment on disk -> listed, minus the chunk PUT ({lat['samples']} chunks at "
+                   f"{lat['rate_mb_s']} MB/s): p50 {lat['delay_p50_ms']} ms, p99 "
+                   f"{lat['delay_p99_ms']} ms, max {lat['delay_max_ms']} ms")
     uplink = results.get("uplink")
     if uplink:
         out.append("")

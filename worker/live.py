@@ -154,6 +154,8 @@ class LivePlaylists:
             return
         self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments, ended=False))
         live.written = len(stream.chunks)
+        self.log.info("playlist_written", stream_id=stream.stream_id, chunks=len(chunks),
+                      segments=len(segments))
 
     def finish(self, stream: Stream, object_key: str | None) -> str | None:
         """At completion: the playlist with ``#EXT-X-ENDLIST``, from the final bytes and
