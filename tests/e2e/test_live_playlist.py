@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.bucket import check_stream, list_keys, wait_for_metadata
+from tests.support.bucket import check_stream, list_keys, top_level_boxes, wait_for_metadata
 from tests.support.hls import (
     Playlist,
     decode,
@@ -225,3 +225,32 @@ def test_processor_playlist_prints_presigned_urls(make_processor: Any, client: A
     missing = subprocess.run([*argv[:at], "nope-00000000", *argv[at + 1:]], env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no stream 'nope-00000000'" in missing.stderr
+
+
+def test_a_reopened_stream_loses_endlist_and_grows_again(make_processor: Any, client: Any,
+                                                         bucket: str) -> None:
+    """A finished fragmented file that grows again (a fragment appended, as a recorder
+    resuming the file would): the reopened stream's playlist loses ENDLIST while it
+    records, and gets it back, longer, at the second completion."""
+    processor = make_processor(workers=1, stream_timeout=2.0)
+    processor.start()
+    path = make_video(processor.watch_dir / "cam.mp4", 12.0, fragmented=True)
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    key = doc["playlist_key"]
+    before = _playlist(client, bucket, key)
+    assert before is not None and before.ended
+    data = path.read_bytes()
+    boxes = [o for o, kind in top_level_boxes(data) if kind == b"moof"]
+    last = data[boxes[-1]:]   # the last fragment (moof+mdat), and what followed it
+    with open(path, "ab") as f:
+        f.write(last)
+    processor.wait_for_event("stream_reopened", timeout=60)
+    grown = wait_until(lambda: (p := _playlist(client, bucket, key)) and not p.ended and p,
+                       30, "the reopened stream's live playlist, without ENDLIST",
+                       processor.tail)
+    assert grown.segments
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor,
+                            predicate=lambda d: d["reopen_count"] == 1)
+    after = _playlist(client, bucket, key)
+    assert after is not None and after.ended and after.duration > before.duration
+    _check_ranges(client, bucket, after)

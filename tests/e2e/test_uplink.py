@@ -149,16 +149,15 @@ def test_live_chunks_go_before_a_200mib_backlog(
     processor.start(extra=["--bwlimit", "4MiB/s"])
     processor.wait_for_event("chunk_uploaded")  # the backlog is under way
     live = tmp_path / "in" / "live.mp4"
-    crossed: dict[int, float] = {}  # chunk index -> when its last byte was on disk
+    sizes: list[tuple[float, int]] = []  # (when, the file's size then)
+    # a fragmented recording, as by default: its chunks end on fragments, so a chunk's
+    # last byte is on disk once the size passes where the chunk (as uploaded) ends
     writer = start_live_writer(live, pick(20, 45), bitrate_mbps=8.4)
     stop = threading.Event()
 
     def watch_size() -> None:
         while not stop.is_set():
-            size = live.stat().st_size if live.exists() else 0
-            now = time.monotonic()
-            for index in range(size // CHUNK):
-                crossed.setdefault(index, now)
+            sizes.append((time.monotonic(), live.stat().st_size if live.exists() else 0))
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch_size, daemon=True)
@@ -170,10 +169,19 @@ def test_live_chunks_go_before_a_200mib_backlog(
         watcher.join()
         writer.kill()
     detected = processor.wait_for_event("stream_detected", lambda e: e["rel_path"] == "live.mp4")
+    stream_id = detected[0]["stream_id"]
     prefix = f"/{bucket}/{detected[0]['object_prefix']}/chunks/"
     completed(processor, count + 1, timeout=150)
-    visible = {int(r.path.rsplit("/", 1)[1]): r.answered_at for r in proxy.requests()
-               if r.method == "PUT" and r.path.startswith(prefix) and r.status == 200}
+    ends = {int(e["index"]): int(e["offset"]) + int(e["size"])
+            for e in processor.all_events() if e.get("event") == "chunk_uploaded"
+            and e.get("stream_id") == stream_id and int(e["size"]) >= CHUNK}
+    crossed = {i: next(t for t, size in sizes if size >= end) for i, end in ends.items()
+               if sizes and sizes[-1][1] >= end}
+    visible: dict[int, float] = {}  # chunk index -> when S3 first answered its PUT
+    for r in proxy.requests():
+        if r.method == "PUT" and r.path.startswith(prefix) and r.status == 200:
+            visible.setdefault(int(r.path.rsplit("/", 1)[1].removesuffix(".m4s")),
+                               r.answered_at)
     bound = CHUNK / cap + 3
     delays = sorted(round(visible[i] - at, 2) for i, at in crossed.items() if i in visible)
     print(f"live chunk visible after its last byte (s): {delays}; bound {bound}")
