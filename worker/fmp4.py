@@ -208,6 +208,16 @@ class Fragment:
 
 
 def _fragment_timing(moof: bytes, movie: Movie) -> tuple[float, float, bool] | None:
+    """(duration, start, sync) of the timing track's run in this ``moof``; None when it
+    has none, or when its boxes are shorter than their flags say (a damaged moof is a
+    fragment of unknown length, not a failed stream)."""
+    try:
+        return _timing(moof, movie)
+    except struct.error:
+        return None
+
+
+def _timing(moof: bytes, movie: Movie) -> tuple[float, float, bool] | None:
     wanted = movie.timing_track
     for kind, traf in _children(moof):
         if kind != b"traf":

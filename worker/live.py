@@ -165,17 +165,23 @@ class LivePlaylists:
             return None
         live = _Live()
         size = stream.record.size
-        with self.source.opened(stream.record) as (fd, _):
-            read = _reader(fd)
-            self._read_movie(live, read, size)
-            assert live.movie is not None
-            # the live playlist's segments, in the same places (a player following it
-            # keeps its position), read again from the final bytes and named in the
-            # assembled object when there is one
-            final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
-            init_uri = final or _chunk_uri(stream, 0)
-            segments = [s for c in stream.chunks
-                        for s in self._chunk_segments(live, read, stream, c, final)]
+        try:
+            with self.source.opened(stream.record) as (fd, _):
+                read = _reader(fd)
+                self._read_movie(live, read, size)
+                assert live.movie is not None
+                # the live playlist's segments, in the same places (a player following
+                # it keeps its position), read again from the final bytes and named in
+                # the assembled object when there is one
+                final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
+                init_uri = final or _chunk_uri(stream, 0)
+                segments = [s for c in stream.chunks
+                            for s in self._chunk_segments(live, read, stream, c, final)]
+        except NotMP4 as exc:   # rewritten in place as something else: no playlist,
+            self.log.warning("playlist_skipped", stream_id=stream.stream_id,
+                             reason=str(exc))   # the object itself is complete
+            self._live.pop(stream.stream_id, None)
+            return None
         self._put(stream, render(init_uri, live.init_size, segments, ended=True))
         self._live.pop(stream.stream_id, None)
         return stream.keys.playlist

@@ -224,3 +224,16 @@ def test_a_real_file_cut_anywhere_gives_a_boundary_or_not_yet(tmp_path: Path) ->
     for cut in range(whole - 20, whole + 20):   # around the boundary's header
         boundary, _ = next_boundary(reader(data[:cut]), 0, 0, cut, 300_000, LIMIT)
         assert boundary == (whole if cut >= whole + 8 else None), cut
+
+
+def test_a_damaged_moof_is_a_fragment_of_unknown_length() -> None:
+    """A trun shorter than its flags say: no struct.error escapes (a worker would retry
+    the stream forever); the fragment is listed with no duration and no sync."""
+    head = box(b"ftyp", b"isom" + bytes(8)) + moov(True)
+    tfhd = box(b"tfhd", full(0, 0x8, struct.pack(">I", 1)))   # says a duration follows
+    damaged = box(b"moof", box(b"traf", tfhd))
+    data = head + damaged + box(b"mdat", bytes(10))
+    moov_at = read_box(reader(data), 0, len(data)).end
+    movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
+    (fragment,) = fragments_in(reader(data), len(head), len(data), movie)
+    assert (fragment.duration, fragment.sync) == (0.0, False)
