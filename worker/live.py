@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import metrics
+from shared.s3 import StorageError
 from shared.settings import Settings
 from shared.state.records import ChunkRecord
 from worker.fmp4 import (
@@ -152,8 +153,16 @@ class LivePlaylists:
             self.log.warning("playlist_skipped", stream_id=stream.stream_id, reason=str(exc))
             live.written = len(stream.chunks)
             return
-        self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments, ended=False))
         live.written = len(stream.chunks)
+        try:
+            self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments,
+                                     ended=False))
+        except StorageError as exc:
+            # never in the way of the chunks: tried again after the next one commits
+            # (completion writes the final playlist, with the stream's own retries)
+            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
+                             error=exc.detail, kind=exc.kind.value)
+            return
         self.log.info("playlist_written", stream_id=stream.stream_id, chunks=len(chunks),
                       segments=len(segments))
 

@@ -254,3 +254,32 @@ def test_a_reopened_stream_loses_endlist_and_grows_again(make_processor: Any, cl
     after = _playlist(client, bucket, key)
     assert after is not None and after.ended and after.duration > before.duration
     _check_ranges(client, bucket, after)
+
+
+def test_a_failing_playlist_put_never_holds_back_the_chunks(
+        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
+    """Every live playlist PUT fails (500) while the file records: its chunks go
+    up all the same (``playlist_write_failed`` is logged), and once the refusals end the
+    completion writes the final playlist."""
+    from tests.support.proxy import Faults
+
+    proxy.set_faults(Faults(error_share=1.0, error_status=500,
+                            match=lambda h: h.method == "PUT" and
+                            h.path.endswith("playlist.m3u8")))
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    path = processor.watch_dir / "cam.mp4"
+    writer = start_live_writer(path, 14.0, bitrate_mbps=12.0)
+    try:
+        processor.wait_for_event("playlist_write_failed", timeout=60)
+        processor.wait_for_event("chunk_uploaded", count=2, timeout=60)
+        _, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    proxy.clear_faults()
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor, timeout=120)
+    check_stream(client, bucket, doc, path.read_bytes())
+    final = _playlist(client, bucket, doc["playlist_key"])
+    assert final is not None and final.ended
