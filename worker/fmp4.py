@@ -82,6 +82,8 @@ def _children(data: bytes, start: int = 0) -> list[tuple[bytes, bytes]]:
         size, kind = struct.unpack(">I4s", data[pos:pos + 8])
         header = 8
         if size == 1:
+            if pos + 16 > len(data):
+                break
             (size,) = struct.unpack(">Q", data[pos + 8:pos + 16])
             header = 16
         elif size == 0:
@@ -171,7 +173,7 @@ def classify(read_at: ReadAt, file_size: int) -> tuple[str | None, int]:
                 if not moov.fragmented:
                     return "fixed", 0
             pos = box.end
-    except NotMP4:
+    except (NotMP4, struct.error):   # a moov shorter than its fields: not one to trust
         return "fixed", 0
 
 
@@ -191,7 +193,9 @@ def next_boundary(read_at: ReadAt, start: int, scan_from: int, file_size: int,
             raise NotMP4(f"no fragment boundary within {limit} bytes of {start}")
         if box.type == b"moof" and box.offset - start >= chunk_size:
             return box.offset, pos
-        if box.end is None:
+        if box.end is None:   # runs to the end of the file: no boundary while it grows
+            if file_size - start > limit:
+                raise NotMP4(f"a box at {box.offset} runs past the chunk limit")
             return None, pos
         if box.end - start > limit and box.type != b"moof":
             raise NotMP4(f"a box of {box.size} bytes at {box.offset} passes the chunk limit")
@@ -256,6 +260,11 @@ def _timing(moof: bytes, movie: Movie) -> tuple[float, float, bool] | None:
                 pos += 4
             fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if tflags & bit]
             step = 4 * len(fields)
+            if not step:   # no per-sample fields: every sample takes the defaults
+                total += count * default_duration
+                first_flags = first_flags if first_flags is not None else \
+                    (first if first is not None else default_flags)
+                continue
             for i in range(count):
                 row = trun[pos + i * step:pos + (i + 1) * step]
                 if len(row) < step:

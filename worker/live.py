@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import metrics
-from shared.s3 import StorageError
+from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.state.records import ChunkRecord
 from worker.fmp4 import (
@@ -138,9 +138,9 @@ class LivePlaylists:
         if stream.record.extra.get("layout") != "fmp4" or not stream.chunks:
             return
         live = self._live.setdefault(stream.stream_id, _Live())
-        if live.written == len(stream.chunks):
-            return
         chunks = [c for c in stream.chunks if self._aligned(stream, c.index)]
+        if live.written == len(chunks):   # fixed chunks after fixed_from add nothing
+            return
         try:
             with self.source.opened(stream.record) as (fd, _):
                 read = _reader(fd)
@@ -151,9 +151,9 @@ class LivePlaylists:
                             for s in self._chunk_segments(live, read, stream, c)]
         except NotMP4 as exc:   # the file was rewritten under us: completion will judge
             self.log.warning("playlist_skipped", stream_id=stream.stream_id, reason=str(exc))
-            live.written = len(stream.chunks)
+            live.written = len(chunks)
             return
-        live.written = len(stream.chunks)
+        live.written = len(chunks)
         try:
             self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments,
                                      ended=False))
@@ -184,14 +184,21 @@ class LivePlaylists:
                 # the assembled object when there is one
                 final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
                 init_uri = final or _chunk_uri(stream, 0)
-                segments = [s for c in stream.chunks
+                segments = [s for c in stream.chunks if self._aligned(stream, c.index)
                             for s in self._chunk_segments(live, read, stream, c, final)]
         except NotMP4 as exc:   # rewritten in place as something else: no playlist,
             self.log.warning("playlist_skipped", stream_id=stream.stream_id,
                              reason=str(exc))   # the object itself is complete
             self._live.pop(stream.stream_id, None)
             return None
-        self._put(stream, render(init_uri, live.init_size, segments, ended=True))
+        try:
+            self._put(stream, render(init_uri, live.init_size, segments, ended=True))
+        except StorageError as exc:
+            if exc.kind is not ErrorKind.PERMANENT:
+                raise   # completion is retried, with the stream's backoff
+            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
+                             error=exc.detail, kind=exc.kind.value)
+            return None   # refused for good: the stream completes without it
         self._live.pop(stream.stream_id, None)
         return stream.keys.playlist
 

@@ -237,3 +237,26 @@ def test_a_damaged_moof_is_a_fragment_of_unknown_length() -> None:
     movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
     (fragment,) = fragments_in(reader(data), len(head), len(data), movie)
     assert (fragment.duration, fragment.sync) == (0.0, False)
+
+
+def test_malformed_boxes_never_raise_or_hang() -> None:
+    """From a review: a box running to the end of the file past the chunk limit ends
+    the alignment (no chunk could ever end); a moov whose child's 64-bit size is cut
+    is not trusted; a trun of 4 billion samples without per-sample fields is summed,
+    not walked."""
+    head = box(b"ftyp", b"isom" + bytes(8)) + moov(True)
+    to_eof = head + moof(0, [40], True) + struct.pack(">I4s", 0, b"mdat") + bytes(5000)
+    first = classify(reader(to_eof), len(to_eof))[1]
+    with pytest.raises(NotMP4):
+        next_boundary(reader(to_eof), first, first, len(to_eof), 100, 2000)
+    assert next_boundary(reader(to_eof), first, first, len(to_eof), 100, 10_000)[0] is None
+    cut_child = box(b"ftyp", b"isom" + bytes(8)) + box(b"moov", struct.pack(">I4s", 1, b"trak")
+                                                         + bytes(4)) + moof(0, [40], True)
+    assert classify(reader(cut_child), len(cut_child)) == ("fixed", 0)
+    tfhd = box(b"tfhd", full(0, 0x20000, struct.pack(">I", 1)))
+    trun = box(b"trun", full(0, 0, struct.pack(">I", 0xFFFFFFFF)))   # no fields per sample
+    data = head + box(b"moof", box(b"traf", tfhd + trun)) + box(b"mdat", bytes(4))
+    moov_at = read_box(reader(data), 0, len(data)).end
+    movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
+    (fragment,) = fragments_in(reader(data), len(head), len(data), movie)
+    assert fragment.duration == 0xFFFFFFFF * 40 / 1000   # trex's default duration
