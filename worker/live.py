@@ -39,7 +39,7 @@ from worker.fmp4 import (
 )
 from worker.planning import ChunkSpan, completion_spans
 from worker.playlist import Segment, object_uri, render, segments_of
-from worker.source import SourceFiles
+from worker.source import SourceChanged, SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream
 
@@ -186,9 +186,12 @@ class LivePlaylists:
                 init_uri = final or _chunk_uri(stream, 0)
                 segments = [s for c in stream.chunks if self._aligned(stream, c.index)
                             for s in self._chunk_segments(live, read, stream, c, final)]
-        except NotMP4 as exc:   # rewritten in place as something else: no playlist,
+        except (NotMP4, SourceChanged) as exc:
+            # rewritten in place as something else, or gone or grown since it was
+            # verified and assembled: the object is complete, the stream completes
+            # without a final playlist (a grown file is reopened and writes it again)
             self.log.warning("playlist_skipped", stream_id=stream.stream_id,
-                             reason=str(exc))   # the object itself is complete
+                             reason=str(exc))
             self._live.pop(stream.stream_id, None)
             return None
         try:
