@@ -21,8 +21,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Box", "Movie", "Fragment", "NotMP4", "read_box", "classify", "next_boundary",
-           "fragments_in", "parse_movie", "payload"]
+__all__ = ["Box", "Movie", "Fragment", "NotMP4", "read_box", "classify", "read_movie",
+           "next_boundary", "fragments_in", "parse_movie", "payload"]
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -153,28 +153,43 @@ def classify(read_at: ReadAt, file_size: int) -> tuple[str | None, int]:
     """("fmp4", where the first fragment begins) for a fragmented MP4; ("fixed", 0) for
     anything else (a regular MP4, whose ``mdat`` comes before its ``moov``, or not MP4);
     (None, 0) while the boxes that decide are not all on disk yet."""
+    kind, first, _ = _scan(read_at, file_size)
+    return kind, first
+
+
+def read_movie(read_at: ReadAt, file_size: int) -> tuple[int, Movie]:
+    """(where the first fragment begins, the ``moov``) of a fragmented MP4; NotMP4 for
+    anything else, or while the boxes that decide are not all on disk."""
+    kind, first, movie = _scan(read_at, file_size)
+    if kind != "fmp4" or movie is None:
+        raise NotMP4("not (or not yet) a fragmented MP4")
+    return first, movie
+
+
+def _scan(read_at: ReadAt, file_size: int) -> tuple[str | None, int, Movie | None]:
+    """The top-level walk behind ``classify`` and ``read_movie``, up to the first moof."""
     pos, moov = 0, None
     try:
         while True:
             box = read_box(read_at, pos, file_size)
             if box is None:
-                return None, 0
+                return None, 0, None
             if box.type not in _TOP_LEVEL:
-                return "fixed", 0
+                return "fixed", 0, None
             if box.type == b"moof":
-                return ("fmp4", box.offset) if moov is not None and moov.fragmented \
-                    else ("fixed", 0)
+                return ("fmp4", box.offset, moov) if moov is not None and moov.fragmented \
+                    else ("fixed", 0, None)
             if box.type == b"mdat" or box.end is None:
-                return "fixed", 0
+                return "fixed", 0, None
             if box.type == b"moov":
                 if box.end > file_size:
-                    return None, 0
+                    return None, 0, None
                 moov = parse_movie(payload(read_at, box))
                 if not moov.fragmented:
-                    return "fixed", 0
+                    return "fixed", 0, None
             pos = box.end
     except (NotMP4, struct.error):   # a moov shorter than its fields: not one to trust
-        return "fixed", 0
+        return "fixed", 0, None
 
 
 def next_boundary(read_at: ReadAt, start: int, scan_from: int, file_size: int,

@@ -33,9 +33,7 @@ from worker.fmp4 import (
     classify,
     fragments_in,
     next_boundary,
-    parse_movie,
-    payload,
-    read_box,
+    read_movie,
 )
 from worker.planning import ChunkSpan, completion_spans
 from worker.playlist import Segment, object_uri, render, segments_of
@@ -209,15 +207,7 @@ class LivePlaylists:
         self._live.pop(stream_id, None)
 
     def _read_movie(self, live: _Live, read: Any, size: int) -> None:
-        decided, first = classify(read, size)
-        if decided != "fmp4":
-            raise NotMP4("the file no longer starts as a fragmented MP4")
-        live.init_size = first
-        box = read_box(read, 0, size)
-        while box is not None and box.type != b"moov" and box.end is not None:
-            box = read_box(read, box.end, size)
-        assert box is not None, "classify found this moov"
-        live.movie = parse_movie(payload(read, box))
+        live.init_size, live.movie = read_movie(read, size)
 
     def _chunk_segments(self, live: _Live, read: Any, stream: Stream, chunk: ChunkRecord,
                         final: str | None = None) -> list[Segment]:

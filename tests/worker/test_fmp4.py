@@ -17,9 +17,8 @@ from worker.fmp4 import (
     classify,
     fragments_in,
     next_boundary,
-    parse_movie,
-    payload,
     read_box,
+    read_movie,
 )
 
 LIMIT = 1 << 40
@@ -138,8 +137,7 @@ def test_resuming_a_walk_gives_the_same_boundary(generated: tuple, draw: st.Data
 @given(files())
 def test_fragments_carry_their_moof_timing(generated: tuple) -> None:
     data, offsets, timing = generated
-    moov_at = read_box(reader(data), 0, len(data)).end
-    movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
+    _, movie = read_movie(reader(data), len(data))
     fragments = fragments_in(reader(data), offsets[0], len(data), movie)
     assert [f.offset for f in fragments] == offsets
     assert [(round(f.duration, 6), f.sync) for f in fragments] == \
@@ -186,8 +184,7 @@ def _walk(path: Path) -> tuple[bytes, int, list]:  # type: ignore[type-arg]
     data = path.read_bytes()
     kind, first = classify(reader(data), len(data))
     assert kind == "fmp4"
-    moov_box = read_box(reader(data), read_box(reader(data), 0, len(data)).end, len(data))
-    movie = parse_movie(payload(reader(data), moov_box))
+    _, movie = read_movie(reader(data), len(data))
     return data, first, fragments_in(reader(data), first, len(data), movie)
 
 
@@ -233,8 +230,7 @@ def test_a_damaged_moof_is_a_fragment_of_unknown_length() -> None:
     tfhd = box(b"tfhd", full(0, 0x8, struct.pack(">I", 1)))   # says a duration follows
     damaged = box(b"moof", box(b"traf", tfhd))
     data = head + damaged + box(b"mdat", bytes(10))
-    moov_at = read_box(reader(data), 0, len(data)).end
-    movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
+    _, movie = read_movie(reader(data), len(data))
     (fragment,) = fragments_in(reader(data), len(head), len(data), movie)
     assert (fragment.duration, fragment.sync) == (0.0, False)
 
@@ -256,7 +252,6 @@ def test_malformed_boxes_never_raise_or_hang() -> None:
     tfhd = box(b"tfhd", full(0, 0x20000, struct.pack(">I", 1)))
     trun = box(b"trun", full(0, 0, struct.pack(">I", 0xFFFFFFFF)))   # no fields per sample
     data = head + box(b"moof", box(b"traf", tfhd + trun)) + box(b"mdat", bytes(4))
-    moov_at = read_box(reader(data), 0, len(data)).end
-    movie = parse_movie(payload(reader(data), read_box(reader(data), moov_at, len(data))))
+    _, movie = read_movie(reader(data), len(data))
     (fragment,) = fragments_in(reader(data), len(head), len(data), movie)
     assert fragment.duration == 0xFFFFFFFF * 40 / 1000   # trex's default duration
