@@ -15,6 +15,7 @@ import pytest
 from tests.support.bucket import check_stream, list_keys, top_level_boxes, wait_for_metadata
 from tests.support.hls import (
     Playlist,
+    check_ranges,
     decode,
     parse_playlist,
     play_with_ffmpeg,
@@ -40,22 +41,6 @@ def _playlist(client: Any, bucket: str, key: str) -> Playlist | None:
     return parse_playlist(text, key)
 
 
-def _check_ranges(client: Any, bucket: str, playlist: Playlist) -> None:
-    """(a) every byte range lies inside one object and starts with a moof; the init
-    section starts with ftyp and holds the moov."""
-    sizes: dict[str, int] = {}
-    for _, r in [(0.0, playlist.init), *playlist.segments]:
-        if r.key not in sizes:
-            sizes[r.key] = client.head_object(Bucket=bucket, Key=r.key)["ContentLength"]
-        assert r.offset >= 0 and r.size > 0 and r.offset + r.size <= sizes[r.key], r
-    init = read_range(client, bucket, playlist.init)
-    assert init[4:8] == b"ftyp" and b"moov" in init and b"mvex" in init
-    for _, r in playlist.segments:
-        head = client.get_object(Bucket=bucket, Key=r.key,
-                                 Range=f"bytes={r.offset}-{r.offset + 7}")["Body"].read()
-        assert head[4:8] == b"moof", r
-
-
 def test_a_live_recording_plays_from_s3_while_it_records(
         make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
     processor = make_processor(workers=1, stream_timeout=3.0, extra=["--no-keep-chunks"])
@@ -78,7 +63,7 @@ def test_a_live_recording_plays_from_s3_while_it_records(
         assert all(1.5 <= d <= 6.0 for d in durations), live.text
         assert sum(d >= 2.0 for d in durations) >= 0.75 * len(durations), live.text
         assert all(r.key.endswith(".m4s") for _, r in live.segments)
-        _check_ranges(client, bucket, live)
+        check_ranges(client, bucket, live)   # (a)
         init = read_range(client, bucket, live.init)
         for _, r in live.segments:   # (b) init + each segment decodes on its own
             video, audio = decode(init, read_range(client, bucket, r))
@@ -175,7 +160,7 @@ def test_a_finished_fragmented_file_gets_an_endlist_playlist(
     assert len(doc["chunks"]) >= 2
     final = _playlist(client, bucket, doc["playlist_key"])
     assert final is not None and final.ended
-    _check_ranges(client, bucket, final)
+    check_ranges(client, bucket, final)
     assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2
     assert final.segments[0][1].key == doc["object_key"]
 
@@ -253,7 +238,7 @@ def test_a_reopened_stream_loses_endlist_and_grows_again(make_processor: Any, cl
                             predicate=lambda d: d["reopen_count"] == 1)
     after = _playlist(client, bucket, key)
     assert after is not None and after.ended and after.duration > before.duration
-    _check_ranges(client, bucket, after)
+    check_ranges(client, bucket, after)
 
 
 def test_a_failing_playlist_put_never_holds_back_the_chunks(

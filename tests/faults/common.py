@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.bucket import check_stream, list_keys, wait_for_metadata
-from tests.support.proxy import RecordingProxy
+from tests.support.proxy import RecordingProxy, RequestHead
 from tests.support.puts import chunk_key, chunk_put_counts
 from tests.support.runner import Processor
 from tests.support.scale import FULL, pick  # noqa: F401  (the fault suite's own names)
@@ -63,6 +63,11 @@ class Row:
                 f"{self.allowed_extra}, changed-on-disk {self.reuploads_changed_on_disk}); "
                 f"losses {self.losses}; recover {rec}; {self.seconds:.0f}s; seed {self.seed}; "
                 f"{self.notes}")
+
+
+def is_chunk_put(head: RequestHead) -> bool:
+    """A proxy fault filter: a chunk PUT (not a part copy, whose query names the part)."""
+    return head.method == "PUT" and "/chunks/" in head.path and not head.query
 
 
 # -- what the log says about chunks ------------------------------------------------

@@ -13,11 +13,12 @@ from tests.faults.common import (
     Row,
     end_check,
     finish_writers,
+    is_chunk_put,
     pick,
     seeded,
     stop_writers,
 )
-from tests.support.proxy import Faults, RequestHead
+from tests.support.proxy import Faults
 from tests.support.runner import wait_until
 from tests.support.videos import start_live_writer
 
@@ -28,10 +29,6 @@ RECORD_SECONDS = pick(14.0, 75.0)
 BITRATE = pick(12.0, 6.0)  # Mbit/s: ~1.5 / 0.75 MB per second per camera
 
 
-def _is_chunk_put(head: RequestHead) -> bool:
-    return head.method == "PUT" and "/chunks/" in head.path and not head.query
-
-
 def test_kill9_crash_loop(make_processor: Any, client: Any, bucket: str, proxy: Any,
                           reliability: Row) -> None:
     seed, rng = seeded("crash-loop")
@@ -40,7 +37,7 @@ def test_kill9_crash_loop(make_processor: Any, client: Any, bucket: str, proxy: 
     started = time.monotonic()
     # S3's answer to each chunk PUT is held 0.7 s: the chunk is stored but the worker
     # does not know yet, the window recovery must handle; kills land in it often
-    proxy.set_faults(Faults(response_delay=0.7, match=_is_chunk_put))
+    proxy.set_faults(Faults(response_delay=0.7, match=is_chunk_put))
     processor = make_processor(workers=2, stream_timeout=3.0)
     processor.start()
     names = [f"cam{i}.mp4" for i in range(4)]

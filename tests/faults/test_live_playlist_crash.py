@@ -21,7 +21,7 @@ from tests.faults.common import (
     seeded,
     stop_writers,
 )
-from tests.support.hls import parse_playlist, read_range
+from tests.support.hls import check_ranges, parse_playlist
 from tests.support.runner import wait_until
 from tests.support.videos import start_live_writer
 
@@ -33,18 +33,10 @@ SECONDS = pick(24.0, 60.0)
 
 def _valid(client: Any, bucket: str, key: str) -> int:
     """Segments in the playlist at ``key``, after checking each range against its
-    object: inside it, starting with a moof (the init section with ftyp)."""
+    object (tests/support/hls.py ``check_ranges``)."""
     text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     playlist = parse_playlist(text, key)
-    sizes: dict[str, int] = {}
-    for _, r in [(0.0, playlist.init), *playlist.segments]:
-        sizes.setdefault(r.key, client.head_object(Bucket=bucket, Key=r.key)["ContentLength"])
-        assert r.offset + r.size <= sizes[r.key], r
-    assert read_range(client, bucket, playlist.init)[4:8] == b"ftyp"
-    for _, r in playlist.segments:
-        head = client.get_object(Bucket=bucket, Key=r.key,
-                                 Range=f"bytes={r.offset}-{r.offset + 7}")["Body"].read()
-        assert head[4:8] == b"moof", r
+    check_ranges(client, bucket, playlist)
     return len(playlist.segments)
 
 

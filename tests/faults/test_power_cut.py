@@ -24,12 +24,13 @@ from tests.faults.common import (
     Row,
     end_check,
     finish_writers,
+    is_chunk_put,
     pick,
     seeded,
     stop_writers,
 )
 from tests.support.powercut import PowerCutFS, unavailable
-from tests.support.proxy import Faults, RequestHead
+from tests.support.proxy import Faults
 from tests.support.videos import start_live_writer
 
 pytestmark = pytest.mark.timeout(pick(300, 900))
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.timeout(pick(300, 900))
 CUTS = pick(6, 22)
 RECORD_SECONDS = pick(16.0, 75.0)
 BITRATE = pick(12.0, 6.0)  # Mbit/s per camera
-
-
-def _is_chunk_put(head: RequestHead) -> bool:
-    return head.method == "PUT" and "/chunks/" in head.path and not head.query
 
 
 def test_power_cut_loop(make_processor: Any, client: Any, bucket: str, proxy: Any,
@@ -54,7 +51,7 @@ def test_power_cut_loop(make_processor: Any, client: Any, bucket: str, proxy: An
     started = time.monotonic()
     # as in the crash loop: S3's answer to each chunk PUT is held, so cuts often land
     # between S3 storing a chunk and the worker recording it
-    proxy.set_faults(Faults(response_delay=0.7, match=_is_chunk_put))
+    proxy.set_faults(Faults(response_delay=0.7, match=is_chunk_put))
     processor = make_processor(workers=2, stream_timeout=3.0)
     disk = PowerCutFS(processor.state_dir)
     names = [f"cam{i}.mp4" for i in range(3)]

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from tests.support.videos import ffmpeg_exe
 
-__all__ = ["Playlist", "parse_playlist", "read_range", "decode", "play_with_ffmpeg",
+__all__ = ["Playlist", "parse_playlist", "read_range", "check_ranges", "decode", "play_with_ffmpeg",
            "public_read"]
 
 
@@ -93,6 +93,22 @@ def read_range(client: Any, bucket: str, r: Range) -> bytes:
                              Range=f"bytes={r.offset}-{r.offset + r.size - 1}")["Body"].read()
     assert len(body) == r.size, (r, len(body))
     return bytes(body)
+
+
+def check_ranges(client: Any, bucket: str, playlist: Playlist) -> None:
+    """Every byte range lies inside one object and starts with a moof; the init section
+    starts with ftyp and holds the moov, with mvex."""
+    sizes: dict[str, int] = {}
+    for _, r in [(0.0, playlist.init), *playlist.segments]:
+        if r.key not in sizes:
+            sizes[r.key] = client.head_object(Bucket=bucket, Key=r.key)["ContentLength"]
+        assert r.offset >= 0 and r.size > 0 and r.offset + r.size <= sizes[r.key], r
+    init = read_range(client, bucket, playlist.init)
+    assert init[4:8] == b"ftyp" and b"moov" in init and b"mvex" in init
+    for _, r in playlist.segments:
+        head = client.get_object(Bucket=bucket, Key=r.key,
+                                 Range=f"bytes={r.offset}-{r.offset + 7}")["Body"].read()
+        assert head[4:8] == b"moof", r
 
 
 def decode(init: bytes, segment: bytes) -> tuple[int, int]:
