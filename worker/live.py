@@ -93,10 +93,8 @@ class LivePlaylists:
         return spans + completion_spans(index, offset, size, stream.record.chunk_size)
 
     def _aligned(self, stream: Stream, index: int) -> bool:
-        record = stream.record
-        fixed_from = record.extra.get("fixed_from")
-        return record.extra.get("layout") == "fmp4" and (fixed_from is None
-                                                         or index < int(fixed_from))
+        fixed_from = stream.record.extra.get("fixed_from")
+        return stream.fragmented and (fixed_from is None or index < int(fixed_from))
 
     def _layout(self, stream: Stream, final: bool) -> str | None:
         layout = stream.record.extra.get("layout")
@@ -133,7 +131,7 @@ class LivePlaylists:
     # -- the playlist ----------------------------------------------------------------
     def refresh(self, stream: Stream) -> None:
         """PUT the live playlist if chunks were committed since the last one."""
-        if stream.record.extra.get("layout") != "fmp4" or not stream.chunks:
+        if not stream.fragmented or not stream.chunks:
             return
         live = self._live.setdefault(stream.stream_id, _Live())
         chunks = [c for c in stream.chunks if self._aligned(stream, c.index)]
@@ -168,7 +166,7 @@ class LivePlaylists:
         """At completion: the playlist with ``#EXT-X-ENDLIST``, from the final bytes and
         against the assembled object (against the chunks if there is none); its key,
         or None for a stream with no playlist."""
-        if stream.record.extra.get("layout") != "fmp4" or not stream.chunks:
+        if not stream.fragmented or not stream.chunks:
             return None
         live = _Live()
         size = stream.record.size

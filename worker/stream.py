@@ -121,12 +121,16 @@ class Stream:
         return self.record.upload_id
 
     @property
+    def fragmented(self) -> bool:
+        """Chunks that end on fragments, with a live playlist (worker/live.py)."""
+        return self.record.extra.get("layout") == "fmp4"
+
+    @property
     def largest_chunk(self) -> int:
         """The most bytes one chunk may hold: ``chunk_size``, or for chunks that end on
         fragments (worker/live.py) up to twice that, and never past S3's 5 GiB PUT."""
         size = self.record.chunk_size
-        return min(2 * size, 5 * 1024**3) if self.record.extra.get("layout") == "fmp4" \
-            else size
+        return min(2 * size, 5 * 1024**3) if self.fragmented else size
 
     @property
     def committed_bytes(self) -> int:
