@@ -40,10 +40,26 @@ def video_set(cache: Path, smoke: bool) -> tuple[Path, list[Path]]:
             os.utime(tmp, (time.time() - 3600, time.time() - 3600))
             tmp.rename(path)
         files.append(path)
+    _only(directory, files)
     total = sum(p.stat().st_size for p in files)
     if not smoke and total < GiB:
         raise Broken(f"bulk set is only {total} bytes; delete {directory} and re-run")
     return directory, files
+
+
+def _only(directory: Path, files: list[Path]) -> None:
+    """Every bulk client uploads the whole directory, so it must hold the set and
+    nothing else. A ``frag-*.mp4`` an earlier version of the playlist section cached
+    here is removed (it now lives in ``<set>-fragmented/``); anything else is an error
+    that names it, rather than byte counts that disagree."""
+    for path in directory.iterdir():
+        if path in files or path.name.startswith(".tmp-"):
+            continue
+        if path.name.startswith("frag-") and path.suffix == ".mp4":
+            log(f"removing {path}, cached there by an earlier version")
+            path.unlink()
+            continue
+        raise Broken(f"{path} is not part of the input set; remove it and re-run")
 
 
 def warm_set(cache: Path, work: Path, workers: int,

@@ -29,10 +29,17 @@ WORKERS = 4
 
 
 def fragmented_set(sources: list[Path]) -> list[Path]:
-    """The sources remuxed to fragmented MP4 (stream copy, fragments at keyframes)."""
+    """The sources remuxed to fragmented MP4 (stream copy, fragments at keyframes).
+
+    They are cached in a directory beside the sources' (``smoke-fragmented/``), never
+    in it: every bulk client uploads the whole source directory, so a file added there
+    would be uploaded too and break their byte counts.
+    """
     out = []
     for src in sources:
-        dst = src.with_name(f"frag-{src.name}")
+        folder = src.parent.with_name(f"{src.parent.name}-fragmented")
+        folder.mkdir(parents=True, exist_ok=True)
+        dst = folder / f"frag-{src.name}"
         if not dst.exists():
             tmp = dst.with_name(f".tmp-{dst.name}")
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
