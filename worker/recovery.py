@@ -181,16 +181,17 @@ class BucketRecovery:
                     break
                 verified.append(ChunkRecord(index, offset, head[0], head[1], time.time()))
                 self.pulse()
-        sizes_seen = {c.size for c in verified[:-1]}
-        layout = _layout(key for _, key in indexed)
-        if layout:  # chunks of whole fragments: each full one at least chunk_size long
-            chunk_size = min([self.chunk_size, *sizes_seen])
-        else:
-            chunk_size = sizes_seen.pop() if len(sizes_seen) == 1 else self.chunk_size
-        if verified and verified[-1].size < chunk_size:
-            verified = verified[:-1]  # a short tail: uploaded again, fuller, at its key
-        if not verified:
-            return None
+            sizes_seen = {c.size for c in verified[:-1]}
+            layout = _layout(key for _, key in indexed)
+            if layout:  # chunks of whole fragments: each full one at least chunk_size long
+                chunk_size = min([self.chunk_size, *sizes_seen])
+            else:
+                chunk_size = sizes_seen.pop() if len(sizes_seen) == 1 else self.chunk_size
+            if verified and verified[-1].size < chunk_size:
+                verified = verified[:-1]  # a short tail: uploaded again, fuller, at its key
+            if not verified:
+                return None
+            layout |= _fixed_from(fd, verified, layout)
         now = time.time()
         record = StreamRecord(
             stream_id=keys.stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
@@ -214,6 +215,7 @@ class BucketRecovery:
         total = sum(c.size for c in chunks)
         if total == 0 and st.st_size > 0:
             return None  # an empty recording's: says nothing of these bytes
+        layout = _layout(str(c.get("key", "")) for c in document["chunks"])
         with self._opened(rel_path, st) as fd:
             before = os.fstat(fd).st_ctime_ns
             for chunk in chunks:
@@ -222,6 +224,7 @@ class BucketRecovery:
                     return None
                 self.pulse()
             after = os.fstat(fd)
+            layout |= _fixed_from(fd, chunks, layout)
         now = time.time()
         unchanged = after.st_size == total and after.st_ctime_ns == before
         record = StreamRecord(
@@ -233,8 +236,7 @@ class BucketRecovery:
             completed_at=_timestamp(document.get("completed_at"), now),
             reopen_count=int(document.get("reopen_count") or 0),
             chunks_reuploaded=int(document.get("chunks_reuploaded") or 0),
-            extra={"recovered_at": now,
-                   **_layout(str(c.get("key", "")) for c in document["chunks"])})
+            extra={"recovered_at": now, **layout})
         # verified as completion verifies: local retention may remove it
         record = record.with_extra(verified_ctime_ns=before if unchanged else None)
         return Found(record, chunks, finished=True)
@@ -250,7 +252,21 @@ class BucketRecovery:
             raise SourceError(f"the file changed while it was looked up: {exc}") from exc
 
 
-def _layout(chunk_keys: Iterable[str]) -> dict[str, str]:
+def _layout(chunk_keys: Iterable[str]) -> dict[str, Any]:
     """A stream whose chunk keys end in ``.m4s`` had fragment-aligned chunks and a live
     playlist (worker/live.py): its record says so again."""
     return {"layout": "fmp4"} if any(k.endswith(FRAGMENT_SUFFIX) for k in chunk_keys) else {}
+
+
+def _fixed_from(fd: int, chunks: list[ChunkRecord], layout: dict[str, Any]) -> dict[str, int]:
+    """Where an ``fmp4`` stream's chunks stopped ending on fragments (fragments too
+    large for a chunk, worker/live.py): the first chunk that ends neither where a
+    ``moof`` begins nor at the end of the file. The record must say so again, or the
+    live playlist would walk the fixed chunks as fragments and stop for good."""
+    if not layout:
+        return {}
+    size = os.fstat(fd).st_size
+    for chunk in chunks:
+        if chunk.end < size and os.pread(fd, 8, chunk.end)[4:8] != b"moof":
+            return {"fixed_from": chunk.index}
+    return {}

@@ -58,12 +58,15 @@ def ffmpeg_command(
     movflags: str | None = None,
     gop: int | None = None,
     frag_duration: float | None = None,
+    keyframes_until: float | None = None,
 ) -> list[str]:
     """The ffmpeg argv used by :func:`make_video` / :func:`start_live_writer`.
     ``audio``: a 48 kHz AAC tone as a second track; ``movflags`` replaces the
     fragmenting flags (e.g. ``frag_duration`` fragments); ``gop``: frames between
     keyframes (default one second's); ``frag_duration``: fragments of that many
-    seconds, cut whether or not a keyframe starts them."""
+    seconds, cut whether or not a keyframe starts them; ``keyframes_until``: a keyframe
+    each second up to that time and none after it (with a ``gop`` longer than the
+    rest, one fragment holds all of it: fragments too large for a chunk)."""
     if seconds <= 0 or fps <= 0 or bitrate_mbps <= 0:
         raise ValueError("seconds, fps and bitrate_mbps must be positive")
     frames = max(1, round(seconds * fps))
@@ -92,6 +95,8 @@ def ffmpeg_command(
         "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k",
     ]
     # fmt: on
+    if keyframes_until is not None:
+        cmd += ["-force_key_frames", f"expr:lt(t,{keyframes_until})*gte(t,n_forced)"]
     if audio:
         cmd += ["-c:a", "aac", "-b:a", "96k", "-shortest"]
     if frag_duration is not None:
