@@ -256,6 +256,8 @@ class Stream:
         keep = self.chunks[:kept] if keep_chunks else []
         record = self.record.evolve(status=StreamStatus.ACTIVE, completed_at=None,
                                     reopen_count=self.record.reopen_count + 1)
+        if keep_chunks:
+            record = self._layout_kept(record, kept)
         self._store.drop_chunks_from(record, len(keep))
         self.record = record
         self.chunks = list(keep)
@@ -273,9 +275,20 @@ class Stream:
         """Forget the last chunk, to be replaced by a fuller one at its key (as ``reopen``
         replaces a short last chunk)."""
         index = len(self.chunks) - 1
-        self._store.drop_chunks_from(self.record, index)
+        record = self._layout_kept(self.record, index)
+        self._store.drop_chunks_from(record, index)
+        self.record = record
         self.chunks.pop()
         self.settled.pop(index, None)
+
+    def _layout_kept(self, record: StreamRecord, kept: int) -> StreamRecord:
+        """A stream with chunks but no layout (recorded before live playlists) is fixed
+        (worker/live.py). Left with no chunk while their objects stay in S3, it would
+        have its layout decided afresh, and a fragmented file's chunk 0 would go to
+        ``000000.m4s`` beside the ``000000`` it replaces: so it says ``fixed`` now."""
+        if kept == 0 and self.chunks and "layout" not in record.extra:
+            return record.with_extra(layout="fixed")
+        return record
 
     def _save(self, record: StreamRecord) -> None:
         self._store.save_stream(record)

@@ -212,6 +212,39 @@ def test_a_stale_short_tail_is_dropped(db: Reopened) -> None:
     assert stream.next_full_chunk() == ChunkSpan(1, CHUNK, CHUNK)
 
 
+def test_a_stream_from_before_layouts_left_without_chunks_stays_fixed(db: Reopened) -> None:
+    """A stream recorded before live playlists (chunks, no layout) is fixed. When a
+    reopen or a stale tail leaves it no chunk while its objects stay in S3, its record
+    says ``fixed``, so the fuller chunk 0 replaces ``000000`` at its key instead of a
+    fragmented file's going to ``000000.m4s`` beside it. With ``--no-keep-chunks`` the
+    objects are gone and the layout is decided afresh; a decided layout is kept."""
+    def short_then(action: str, stream_id: str, layout: str | None = None) -> Stream:
+        stream = _started(db, size=CHUNK - 20, stream_id=stream_id)
+        if layout:
+            stream.set_layout(layout)
+        for span in stream.completion_spans():
+            stream.commit_chunk(_chunk(span.index, span.offset, span.size))
+        if action == "drop_tail":
+            stream.observed(2 * CHUNK, 8, now=1.0)
+            assert stream.has_stale_tail()
+            stream.drop_tail()
+        else:
+            stream.complete(completed_at=3.0e9)
+            stream.reopen(keep_chunks=action == "reopen")
+        stream = db.again(stream)
+        assert stream.chunks == []
+        return stream
+
+    for n, action in enumerate(["reopen", "drop_tail"]):
+        stream = short_then(action, stream_id=f"old-0000000{n}")
+        assert stream.record.extra["layout"] == "fixed"
+        assert stream.keys.chunk(0).endswith("/chunks/000000") and not stream.fragmented
+    assert "layout" not in short_then("reopen-without-chunks",
+                                      stream_id="old-00000009").record.extra
+    kept = short_then("reopen", stream_id="new-00000001", layout="fmp4")
+    assert kept.record.extra["layout"] == "fmp4" and kept.keys.chunk(0).endswith(".m4s")
+
+
 def test_full_chunks_are_never_a_stale_tail(db: Reopened) -> None:
     stream = _started(db, size=3 * CHUNK)
     stream.commit_chunk(_chunk(0, 0, CHUNK))
