@@ -111,9 +111,10 @@ class Finalizer:
         else:
             copied_late = self._assemble(stream, clock)
         clock.lap("check")
-        # from the verified file's final bytes; a stream that ended early keeps its live one
-        playlist_key = self.playlists.finish(stream, object_key) \
-            if self.playlists is not None and status == "complete" else None
+        # from the verified file's final bytes; a stream that ended early: its live one
+        playlist_key = None if self.playlists is None else \
+            self.playlists.finish(stream, object_key) if status == "complete" else \
+            self.playlists.end(stream, object_key)
         completed_at = now()
         document = build_metadata(stream.record, stream.chunks, stream.keys, media,
                                   status=status, completed_at=completed_at,

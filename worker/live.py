@@ -14,7 +14,9 @@ The playlist is derived state: after a committed chunk (or a restart) it is rebu
 from the chunks' own fragments and PUT whole, at most once per committed chunk. A
 crash leaves the previous one, which names only committed chunks: still valid, so
 nothing of it goes in the write-ahead log. At completion it is rebuilt from the final
-bytes, against the assembled object, with ``#EXT-X-ENDLIST``.
+bytes, against the assembled object, with ``#EXT-X-ENDLIST``; a stream whose file was
+deleted or replaced while recording has no final bytes, and its last live playlist is
+moved into the assembled object instead.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from worker.fmp4 import (
     read_movie,
 )
 from worker.planning import ChunkSpan, completion_spans
-from worker.playlist import Segment, object_uri, render, segments_of
+from worker.playlist import Segment, object_uri, parse, render, segments_of
 from worker.source import SourceChanged, SourceFiles
 from worker.storage import Storage
 from worker.stream import Stream
@@ -199,6 +201,41 @@ class LivePlaylists:
                              error=exc.detail, kind=exc.kind.value)
             return None   # refused for good: the stream completes without it
         self._live.pop(stream.stream_id, None)
+        return stream.keys.playlist
+
+    def end(self, stream: Stream, object_key: str | None) -> str | None:
+        """A stream that ended early (its file deleted or replaced while recording):
+        there are no final bytes to read again, so the last live playlist is read back,
+        its segments moved into the assembled object (the same ranges, at their chunks'
+        offsets), and written with ``#EXT-X-ENDLIST``. It names committed chunks only,
+        and its key is returned; None when the stream never had one."""
+        self._live.pop(stream.stream_id, None)
+        if not stream.fragmented or not stream.chunks:
+            return None
+        text = self.storage.get_playlist(stream.keys.playlist)
+        if text is None:
+            return None
+        final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
+        offsets = {_chunk_uri(stream, c.index): c.offset for c in stream.chunks}
+        try:
+            init_uri, init_size, segments = parse(text)
+            if final is not None:   # a segment already in it: written by an earlier try
+                segments = [s if s.uri == final else
+                            Segment(final, offsets[s.uri] + s.offset, s.size, s.duration)
+                            for s in segments]
+                init_uri = final
+        except (ValueError, KeyError) as exc:
+            self.log.warning("playlist_skipped", stream_id=stream.stream_id,
+                             reason=f"the live playlist is not one this service wrote: {exc}")
+            return None
+        try:
+            self._put(stream, render(init_uri, init_size, segments, ended=True))
+        except StorageError as exc:
+            if exc.kind is not ErrorKind.PERMANENT:
+                raise   # completion is retried, with the stream's backoff
+            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
+                             error=exc.detail, kind=exc.kind.value)
+            return None
         return stream.keys.playlist
 
     def forget(self, stream_id: str) -> None:

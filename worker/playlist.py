@@ -20,12 +20,13 @@ and a CDN see one cacheable URL per segment).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from worker.fmp4 import Fragment
 
-__all__ = ["Segment", "segments_of", "render", "MIN_SEGMENT", "MAX_SEGMENT"]
+__all__ = ["Segment", "segments_of", "render", "parse", "MIN_SEGMENT", "MAX_SEGMENT"]
 
 MIN_SEGMENT = 2.0
 MAX_SEGMENT = 6.0
@@ -81,3 +82,34 @@ def render(init_uri: str, init_size: int, segments: list[Segment], *, ended: boo
     if ended:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+_MAP = re.compile(r'#EXT-X-MAP:URI="([^"]+)",BYTERANGE="(\d+)@0"')
+_RANGE = re.compile(r"#EXT-X-BYTERANGE:(\d+)@(\d+)")
+_INF = re.compile(r"#EXTINF:(\d+(?:\.\d+)?),")
+
+
+def parse(text: str) -> tuple[str, int, list[Segment]]:
+    """The inverse of :func:`render`, for a playlist this service wrote: (init URI, init
+    size, segments, their URIs without ``?segment=N``). Raises ValueError for any other
+    text: it is rewritten only when it is read back exactly."""
+    init: tuple[str, int] | None = None
+    segments: list[Segment] = []
+    duration: float | None = None
+    byterange: tuple[int, int] | None = None
+    for line in text.splitlines():
+        if match := _MAP.fullmatch(line):
+            init = match[1], int(match[2])
+        elif match := _INF.fullmatch(line):
+            duration = float(match[1])
+        elif match := _RANGE.fullmatch(line):
+            byterange = int(match[1]), int(match[2])
+        elif line and not line.startswith("#"):
+            if duration is None or byterange is None:
+                raise ValueError(f"a segment URI without #EXTINF and #EXT-X-BYTERANGE: {line}")
+            segments.append(Segment(line.partition("?")[0], byterange[1], byterange[0],
+                                    duration))
+            duration = byterange = None
+    if init is None:
+        raise ValueError("no #EXT-X-MAP")
+    return init[0], init[1], segments

@@ -257,15 +257,28 @@ class Storage:
             if not page.get("IsTruncated") or not token:
                 return found
 
-    def get_json(self, key: str) -> dict[str, Any] | None:
-        """A JSON object (metadata.json), or None when it does not exist."""
+    def _get(self, key: str) -> bytes | None:
         try:
-            body = self._call("get_object", self.client.get_object, Key=key,
-                              **self.policy.read())["Body"].read()
+            return bytes(self._call("get_object", self.client.get_object, Key=key,
+                                    **self.policy.read())["Body"].read())
         except StorageError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return None
             raise
+
+    def get_playlist(self, key: str) -> str | None:
+        """A playlist this service wrote, or None when there is none (or it is not text)."""
+        body = self._get(key)
+        try:
+            return None if body is None else body.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        """A JSON object (metadata.json), or None when it does not exist."""
+        body = self._get(key)
+        if body is None:
+            return None
         try:
             document = json.loads(body)
         except ValueError:

@@ -268,3 +268,43 @@ def test_a_failing_playlist_put_never_holds_back_the_chunks(
     check_stream(client, bucket, doc, path.read_bytes())
     final = _playlist(client, bucket, doc["playlist_key"])
     assert final is not None and final.ended
+
+
+def test_a_file_deleted_while_recording_keeps_a_playlist_that_ends(
+        make_processor: Any, client: Any, bucket: str) -> None:
+    """The file is deleted before completion (``source_deleted``): there are no final
+    bytes, so the last live playlist is moved into the assembled object, range for
+    range, with ENDLIST, and plays with the chunks deleted (``--no-keep-chunks``)."""
+    processor = make_processor(workers=1, stream_timeout=60.0, extra=["--no-keep-chunks"])
+    processor.start()
+    path = make_video(processor.watch_dir / "cam.mp4", 12.0, fragmented=True, audio=True)
+    moofs = [o for o, kind in top_level_boxes(path.read_bytes()) if kind == b"moof"]
+    full, start = 0, 0   # the chunks uploaded before completion: each ends on a moof
+    while (end := next((o for o in moofs if o >= start + (5 << 20)), None)) is not None:
+        full, start = full + 1, end
+    assert full >= 2
+    (written,) = processor.wait_for_event("playlist_written",
+                                          lambda e: e["chunks"] == full, timeout=60)
+    live = _playlist(client, bucket, f"{_prefix(written)}/playlist.m3u8")
+    assert live is not None and len(live.segments) == written["segments"]
+    path.unlink()
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    assert doc["status"] == "source_deleted"
+    final = _playlist(client, bucket, doc["playlist_key"])
+    assert final is not None and final.ended and not live.ended
+    offsets = {c["key"]: c["offset"] for c in doc["chunks"]}
+    # the same segments, in the same order, moved to their places in the object
+    assert [(d, r.size) for d, r in final.segments][:len(live.segments)] == \
+        [(d, r.size) for d, r in live.segments]
+    assert [r.offset for _, r in final.segments][:len(live.segments)] == \
+        [offsets[r.key] + r.offset for _, r in live.segments]
+    assert {r.key for _, r in [(0.0, final.init), *final.segments]} == {doc["object_key"]}
+    assert not list_keys(client, bucket, f"{_prefix(written)}/chunks/")   # deleted
+    check_ranges(client, bucket, final)
+    init = read_range(client, bucket, final.init)
+    for _, r in final.segments:
+        assert decode(init, read_range(client, bucket, r))[0] > 0
+
+
+def _prefix(event: dict[str, Any]) -> str:
+    return f"streams/{event['stream_id']}"

@@ -1,10 +1,15 @@
 """The playlist's text (worker/playlist.py): segments of whole fragments, 2-6 s where
-the fragments allow, starting on sync samples; RFC 8216's target duration rounding."""
+the fragments allow, starting on sync samples; RFC 8216's target duration rounding; and
+reading a playlist it wrote back (a stream that ended early moves its live one)."""
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.fmp4 import Fragment
-from worker.playlist import Segment, render, segments_of
+from worker.playlist import Segment, parse, render, segments_of
 
 
 def frags(*spec: tuple[float, bool], start: int = 100, size: int = 10) -> list[Fragment]:
@@ -51,3 +56,27 @@ def test_render_rounds_the_target_duration_and_names_each_segment() -> None:
         "#EXTINF:5.490000,", "#EXT-X-BYTERANGE:20@0", "chunks/000001.m4s?segment=1"]
     ended = render("cam.mp4", 10, [Segment("cam.mp4", 10, 5, 2.5)], ended=True)
     assert ended.endswith("#EXT-X-ENDLIST\n") and "#EXT-X-TARGETDURATION:3" in ended
+
+
+_segment = st.builds(Segment, st.sampled_from(["chunks/000000.m4s", "chunks/000012.m4s",
+                                               "cam%201.mp4"]),
+                     st.integers(0, 2**40), st.integers(1, 2**33),
+                     st.integers(0, 10**8).map(lambda us: us / 1e6))
+
+
+@given(st.integers(1, 10**6), st.lists(_segment, max_size=30), st.booleans())
+def test_parse_reads_back_what_render_wrote(init_size: int, segments: list[Segment],
+                                            ended: bool) -> None:
+    text = render("chunks/000000.m4s", init_size, segments, ended=ended)
+    assert parse(text) == ("chunks/000000.m4s", init_size, segments)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "#EXTM3U\n#EXTINF:2.0,\nchunks/000000.m4s\n",                  # no map, no range
+    '#EXTM3U\n#EXT-X-MAP:URI="init.mp4"\n#EXTINF:2.0,\nseg.m4s\n',  # a whole-file map
+    '#EXTM3U\n#EXT-X-MAP:URI="a",BYTERANGE="10@0"\nseg.m4s\n',      # no #EXTINF
+])
+def test_parse_refuses_text_it_did_not_write(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse(text)
