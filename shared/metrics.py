@@ -19,7 +19,7 @@ __all__ = [
     "MEDIA_ERRORS", "SOURCE_FILES_REMOVED", "SOURCE_BYTES_REMOVED", "RETENTION_BLOCKED",
     "WATCH_DIR_FREE_BYTES", "WATCH_DIR_SIZE_BYTES", "MIN_FREE_BYTES",
     "UPLINK_CAP", "UPLINK_CAPPED_BYTES", "UPLINK_WAIT_SECONDS", "BACKLOG_BYTES",
-    "PLAYLIST_WRITES",
+    "PLAYLIST_WRITES", "PLAYLIST_BYTES",
 ]
 
 CHUNKS_UPLOADED = Counter(
@@ -32,6 +32,10 @@ STREAMS_COMPLETED = Counter(
 PLAYLIST_WRITES = Counter(
     "processor_playlist_writes", "Live HLS playlists written (one PUT per committed chunk of "
     "a fragmented stream, and one at its completion).")
+PLAYLIST_BYTES = Counter(
+    "processor_playlist_bytes", "Bytes of live HLS playlists written. Each write is the "
+    "whole playlist, about 80 bytes per segment, so a recording that runs for days costs "
+    "more per chunk as it goes (README, \"Live playback\").")
 UPLOAD_RETRIES = Counter(
     "processor_upload_retries", "S3 requests that failed and will be retried.")
 S3_ERRORS = Counter(

@@ -153,8 +153,8 @@ class LivePlaylists:
             return
         live.written = len(chunks)
         try:
-            self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments,
-                                     ended=False))
+            size = self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments,
+                                            ended=False))
         except StorageError as exc:
             # never in the way of the chunks: tried again after the next one commits
             # (completion writes the final playlist, with the stream's own retries)
@@ -162,7 +162,7 @@ class LivePlaylists:
                              error=exc.detail, kind=exc.kind.value)
             return
         self.log.info("playlist_written", stream_id=stream.stream_id, chunks=len(chunks),
-                      segments=len(segments))
+                      segments=len(segments), bytes=size)
 
     def finish(self, stream: Stream, object_key: str | None) -> str | None:
         """At completion: the playlist with ``#EXT-X-ENDLIST``, from the final bytes and
@@ -261,9 +261,12 @@ class LivePlaylists:
         return [Segment(final, s.offset + chunk.offset, s.size, s.duration)
                 for s in live.segments[key]]
 
-    def _put(self, stream: Stream, text: str) -> None:
-        self.storage.put_playlist(stream.keys.playlist, text.encode())
+    def _put(self, stream: Stream, text: str) -> int:
+        body = text.encode()
+        self.storage.put_playlist(stream.keys.playlist, body)
         metrics.PLAYLIST_WRITES.inc()
+        metrics.PLAYLIST_BYTES.inc(len(body))
+        return len(body)
 
 
 def _reader(fd: int) -> Any:

@@ -22,8 +22,10 @@ from tests.support.hls import (
     public_read,
     read_range,
 )
+from tests.support.metrics import scrape
 from tests.support.proxy import RecordingProxy
 from tests.support.runner import wait_until
+from tests.support.s3server import free_port
 from tests.support.videos import make_video, start_live_writer
 
 pytestmark = pytest.mark.timeout(240)
@@ -150,7 +152,9 @@ def test_a_finished_fragmented_file_gets_an_endlist_playlist(
         make_processor: Any, client: Any, bucket: str) -> None:
     """A file copied in whole: chunks end on fragments (checked against the file's own
     boxes by check_stream), and the playlist plays the assembled object."""
-    processor = make_processor(workers=1, stream_timeout=1.0)
+    port = free_port()
+    processor = make_processor(workers=1, stream_timeout=1.0,
+                               extra=["--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
     processor.start()
     (processor.watch_dir / "sub").mkdir()
     path = make_video(processor.watch_dir / "sub" / "clip 1.mp4", 12.0, fragmented=True,
@@ -163,6 +167,14 @@ def test_a_finished_fragmented_file_gets_an_endlist_playlist(
     check_ranges(client, bucket, final)
     assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2
     assert final.segments[0][1].key == doc["object_key"]
+    # every write counted, the final one too, with the bytes of each
+    written = [e for e in processor.events() if e.get("event") == "playlist_written"]
+    assert written and all(e["bytes"] > 0 for e in written)
+    values = wait_until(lambda: (m := scrape(f"http://127.0.0.1:{port}")[1])
+                        ["processor_active_streams"] == 0 and m, 10, "the completion counted")
+    assert values["processor_playlist_writes_total"] == len(written) + 1
+    assert values["processor_playlist_bytes_total"] == \
+        sum(e["bytes"] for e in written) + len(final.text.encode())
 
 
 def test_processor_playlist_prints_presigned_urls(make_processor: Any, client: Any,
