@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 
 from shared.s3 import Cause, ErrorKind, StorageError, error_code, make_client
 from shared.settings import Settings
+from tests.support.proxy import RecordingProxy
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 from worker.storage import XXH_META, BucketCheck, Storage, UploadLost
 
@@ -187,6 +188,30 @@ def test_put_json_and_delete_keys(bucket: Bucket) -> None:
     assert [o["Key"] for o in listing["Contents"]] == ["s/c6/metadata.json"]
     body = bucket.client.get_object(Bucket=storage.bucket, Key="s/c6/metadata.json")
     assert b"\"cam\xc3\xa9ra\"" in body["Body"].read()  # UTF-8, not \u escapes
+
+
+def test_no_put_waits_for_100_continue(s3: S3Endpoint, proxy: RecordingProxy) -> None:
+    """botocore would send ``Expect: 100-continue`` with every PutObject: a round trip
+    more per chunk, playlist and metadata.json. None goes out with it, with or without
+    the uplink cap, and each body arrives whole."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3.env().items():
+            patch.setenv(name, value)
+        client = make_client(Settings(watch_dir=Path("."), s3_endpoint=proxy.url,
+                                      s3_region=s3.region))
+    name = unique_bucket_name("expect")
+    s3.client().create_bucket(Bucket=name)
+    storage = Storage(client, name)
+    Storage(client, name)   # a second Storage on the client registers nothing twice
+    chunk = b"c" * (64 << 10)
+    storage.put_chunk("e/chunks/000000", chunk, xxhash.xxh3_128_hexdigest(chunk))
+    storage.put_playlist("e/playlist.m3u8", b"#EXTM3U\n")
+    storage.put_json("e/metadata.json", {"n": 1})
+    puts = [r for r in proxy.requests() if r.method == "PUT"]
+    assert [r.path.rsplit("/", 1)[1] for r in puts] == \
+        ["000000", "playlist.m3u8", "metadata.json"]
+    assert not [r for r in puts if "expect" in r.headers]
+    assert s3.client().get_object(Bucket=name, Key="e/chunks/000000")["Body"].read() == chunk
 
 
 def test_ensure_bucket_creates_a_missing_bucket(plain: Any, worker_client: Any) -> None:
