@@ -207,29 +207,36 @@ class LivePlaylists:
         """A stream that ended early (its file deleted or replaced while recording):
         there are no final bytes to read again, so the last live playlist is read back,
         its segments moved into the assembled object (the same ranges, at their chunks'
-        offsets), and written with ``#EXT-X-ENDLIST``. It names committed chunks only,
-        and its key is returned; None when the stream never had one."""
+        offsets), and written with ``#EXT-X-ENDLIST``. It keeps the segments that its
+        committed chunks hold, up to the first that they do not (a dropped tail's, named
+        by an earlier completion's playlist); its key is returned, or None when the
+        stream has no playlist."""
         self._live.pop(stream.stream_id, None)
         if not stream.fragmented or not stream.chunks:
             return None
-        text = self.storage.get_playlist(stream.keys.playlist)
-        if text is None:
+        try:
+            text = self.storage.get_playlist(stream.keys.playlist)
+            init_uri, init_size, listed = parse(text) if text is not None else ("", 0, [])
+        except (StorageError, ValueError) as exc:
+            if isinstance(exc, StorageError) and exc.kind is not ErrorKind.PERMANENT:
+                raise   # completion is retried, with the stream's backoff
+            self.log.warning("playlist_skipped", stream_id=stream.stream_id,
+                             reason=f"the live playlist cannot be read back: {exc}")
             return None
         final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
-        offsets = {_chunk_uri(stream, c.index): c.offset for c in stream.chunks}
+        first = _chunk_uri(stream, 0)
+        if init_uri not in (final, first) or init_size > stream.chunks[0].size:
+            return None   # none written (or not this stream's): nothing to end
+        aligned = {_chunk_uri(stream, c.index): c for c in stream.chunks
+                   if self._aligned(stream, c.index)}
+        segments: list[Segment] = []
+        for listed_segment in listed:
+            moved = _moved(listed_segment, final, aligned, stream.committed_bytes)
+            if moved is None:
+                break
+            segments.append(moved)
         try:
-            init_uri, init_size, segments = parse(text)
-            if final is not None:   # a segment already in it: written by an earlier try
-                segments = [s if s.uri == final else
-                            Segment(final, offsets[s.uri] + s.offset, s.size, s.duration)
-                            for s in segments]
-                init_uri = final
-        except (ValueError, KeyError) as exc:
-            self.log.warning("playlist_skipped", stream_id=stream.stream_id,
-                             reason=f"the live playlist is not one this service wrote: {exc}")
-            return None
-        try:
-            self._put(stream, render(init_uri, init_size, segments, ended=True))
+            self._put(stream, render(final or first, init_size, segments, ended=True))
         except StorageError as exc:
             if exc.kind is not ErrorKind.PERMANENT:
                 raise   # completion is retried, with the stream's backoff
@@ -276,3 +283,17 @@ def _reader(fd: int) -> Any:
 def _chunk_uri(stream: Stream, index: int) -> str:
     """Chunk ``index``'s key relative to the playlist (both live under ``P``)."""
     return "chunks/" + object_uri(stream.keys.chunk(index).rsplit("/", 1)[1])
+
+
+def _moved(segment: Segment, final: str | None, aligned: dict[str, ChunkRecord],
+           committed: int) -> Segment | None:
+    """A read-back segment as a range of the assembled object ``final`` (of its chunk
+    when there is none), or None when no committed aligned chunk holds it."""
+    if segment.uri == final:   # put there by an earlier try, or an earlier completion
+        return segment if segment.offset + segment.size <= committed else None
+    chunk = aligned.get(segment.uri)
+    if chunk is None or segment.offset + segment.size > chunk.size:
+        return None
+    if final is None:
+        return segment
+    return Segment(final, chunk.offset + segment.offset, segment.size, segment.duration)

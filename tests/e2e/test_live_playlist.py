@@ -320,3 +320,40 @@ def test_a_file_deleted_while_recording_keeps_a_playlist_that_ends(
 
 def _prefix(event: dict[str, Any]) -> str:
     return f"streams/{event['stream_id']}"
+
+
+def test_an_ended_reopened_stream_trims_the_earlier_final_playlist(
+        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
+    """Completed, grown (the reopen drops the short last chunk), its live playlist PUT
+    refused, then deleted: what S3 holds is the first completion's final playlist, whose
+    last segments lie in the dropped chunk. The ended playlist keeps only the segments
+    the kept chunks hold, so every range lies inside the object assembled from them."""
+    from tests.support.proxy import Faults
+
+    processor = make_processor(workers=1, stream_timeout=3.0)
+    processor.start()
+    path = make_video(processor.watch_dir / "cam.mp4", 10.0, fragmented=True)
+    first = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
+    assert first["chunks"][-1]["size"] < first["chunk_size"]   # a short last chunk
+    earlier = _playlist(client, bucket, first["playlist_key"])
+    assert earlier is not None and earlier.ended
+    proxy.set_faults(Faults(error_share=1.0, error_status=503,
+                            match=lambda h: h.method == "PUT" and
+                            h.path.endswith("playlist.m3u8")))
+    data = path.read_bytes()
+    last = [o for o, kind in top_level_boxes(data) if kind == b"moof"][-1]
+    with open(path, "ab") as f:
+        f.write(data[last:])
+    processor.wait_for_event("playlist_write_failed", timeout=60)
+    path.unlink()
+    proxy.clear_faults()
+    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor,
+                            predicate=lambda d: d["status"] == "source_deleted")
+    assert doc["total_size_bytes"] < first["total_size_bytes"]
+    final = _playlist(client, bucket, doc["playlist_key"])
+    assert final is not None and final.ended and final.segments
+    check_ranges(client, bucket, final)
+    # the earlier segments the kept chunks hold, in their places; none past them
+    kept = doc["total_size_bytes"]
+    assert final.segments == [(d, r) for d, r in earlier.segments if r.offset + r.size <= kept]
+    assert len(final.segments) < len(earlier.segments)
