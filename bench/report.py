@@ -170,6 +170,10 @@ def report(results: dict[str, Any]) -> str:
         out.append(f"fragment on disk -> listed, minus the chunk PUT ({lat['samples']} chunks at "
                    f"{lat['rate_mb_s']} MB/s): p50 {lat['delay_p50_ms']} ms, p99 "
                    f"{lat['delay_p99_ms']} ms, max {lat['delay_max_ms']} ms")
+        cost = playlist.get("put_cost")
+        if cost:
+            out.append(f"client CPU per PUT, in-process: playlist {cost['playlist_put_cpu_ms']} "
+                       f"ms, 10 MiB chunk {cost['chunk_put_cpu_ms']} ms")
     uplink = results.get("uplink")
     if uplink:
         out.append("")

@@ -9,6 +9,10 @@
    each full chunk, the time from its last fragment's last byte on disk (the next
    ``moof``'s header written) to the ``playlist_written`` that lists it, minus the
    chunk PUT's own seconds: what listing costs beyond the upload. p50, p99, max.
+3. Where the CPU goes: in this process, ``time.process_time()`` of one playlist PUT
+   (a 100-segment playlist) against one 10 MiB chunk PUT, through the worker's own
+   ``Storage``: the playlist is one more S3 request per chunk, and a small request
+   costs the client nearly as much as a large one.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from bench.harness import Broken, GiB, empty_bucket, log, parse_ts, pct
 from bench.service import ProcessorRun
+from shared.s3 import make_client
+from shared.settings import Settings
 from tests.support.s3server import S3Endpoint, unique_bucket_name
 from tests.support.videos import ffmpeg_exe
-from worker.fmp4 import classify, next_boundary
+from worker.fmp4 import Fragment, classify, next_boundary
+from worker.playlist import render, segments_of
+from worker.storage import Storage
 
 WORKERS = 4
 
@@ -137,6 +147,43 @@ def _latency(ep: S3Endpoint, s3: Any, work: Path, src: Path, rate: float) -> dic
             "delay_max_ms": round(max(delays) * 1000, 1), "rate_mb_s": rate / 1e6}
 
 
+def _put_cost(ep: S3Endpoint, s3: Any, rounds: int) -> dict[str, float]:
+    """Client CPU ms of one playlist PUT and of one 10 MiB chunk PUT (medians of
+    ``rounds`` batches of 20), through the worker's Storage and client settings."""
+    bucket = unique_bucket_name("bench-pl-put")
+    s3.create_bucket(Bucket=bucket)
+    saved = dict(os.environ)
+    os.environ.update(ep.env())   # make_client takes boto3's standard chain only
+    try:
+        client = make_client(Settings(watch_dir=Path("."), s3_endpoint=ep.url,
+                                      s3_bucket=bucket, s3_region=ep.region))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    storage = Storage(client, bucket)
+    fragments = [Fragment(i * 700_000, 700_000, 1.0, float(i), True) for i in range(200)]
+    playlist = render("chunks/000000.m4s", 1_000,
+                      segments_of(fragments, "chunks/000003.m4s", 0), ended=False).encode()
+    chunk = os.urandom(10 << 20)
+    digest = xxhash.xxh3_128_hexdigest(chunk)
+    costs: dict[str, list[float]] = {"playlist": [], "chunk": []}
+    for _ in range(rounds):
+        for name, put in (("playlist", lambda: storage.put_playlist("p/playlist.m3u8",
+                                                                     playlist)),
+                          ("chunk", lambda: storage.put_chunk("p/chunks/000000", chunk,
+                                                              digest))):
+            put()   # warm: connection and caches
+            started = time.process_time()
+            for _ in range(20):
+                put()
+            costs[name].append((time.process_time() - started) / 20 * 1000)
+    empty_bucket(s3, bucket)
+    result = {f"{name}_put_cpu_ms": round(pct(values, 50), 2) for name, values in costs.items()}
+    log(f"  CPU per PUT: playlist {result['playlist_put_cpu_ms']} ms "
+        f"({len(playlist)} bytes), 10 MiB chunk {result['chunk_put_cpu_ms']} ms")
+    return result
+
+
 def playlist_section(ep: S3Endpoint, s3: Any, work: Path, files: list[Path],
                      smoke: bool) -> dict[str, Any]:
     fragmented = fragmented_set(files[:1] if smoke else files[:4])
@@ -150,7 +197,10 @@ def playlist_section(ep: S3Endpoint, s3: Any, work: Path, files: list[Path],
         ratios.append(with_ / without)
     log("live playlist: from a fragment on disk to the playlist listing it")
     latency = _latency(ep, s3, work, fragmented[0], rate=4e6 if smoke else 10e6)
+    log("live playlist: client CPU of one playlist PUT against one chunk PUT")
+    put_cost = _put_cost(ep, s3, rounds=3 if smoke else 7)
     return {"cpu_per_gib_with": [round(c, 3) for c in with_cpu],
+            "put_cost": put_cost,
             "cpu_per_gib_without": [round(c, 3) for c in without_cpu],
             "cpu_ratio": [round(r, 3) for r in ratios], "latency": latency,
             "gib": round(sum(p.stat().st_size for p in fragmented) / GiB, 3)}
