@@ -15,7 +15,9 @@ import xxhash
 from shared.keys import StreamKeys
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
+from tests.support.bucket import top_level_boxes
 from tests.support.s3server import unique_bucket_name
+from tests.support.videos import make_video
 from worker.recovery import STARTUP_WINDOW, BucketRecovery
 from worker.source import SourceFiles
 from worker.storage import Storage
@@ -83,6 +85,47 @@ def test_an_unfinished_streams_short_tail_is_not_kept(tmp_path: Path, worker_cli
     _upload(storage, "cam.mp4", "cam-33333333", data)
     found = _recovery(tmp_path, storage).find("cam.mp4", os.stat(tmp_path / "cam.mp4"))
     assert found is not None and [c.size for c in found.chunks] == [CHUNK]
+
+
+def _upload_fragmented(storage: Storage, rel_path: str, stream_id: str, data: bytes,
+                       ends: list[int]) -> None:
+    """``data`` as fragment-aligned chunks ending at ``ends`` (keys ``.m4s``)."""
+    keys = StreamKeys("streams", rel_path, stream_id, chunk_suffix=".m4s")
+    for index, (start, end) in enumerate(zip([0, *ends], ends, strict=False)):
+        piece = data[start:end]
+        storage.put_chunk(keys.chunk(index), piece, xxhash.xxh3_128_hexdigest(piece))
+
+
+def test_where_fixed_chunks_start_is_found_from_the_files_boxes(
+        tmp_path: Path, worker_client: Any, plain: Any) -> None:
+    """Fragment-aligned chunks end where a moof begins; the first that does not, and
+    whose start gives no fragment boundary in time, is where the fixed chunks start. A
+    chunk that ended at the end of the file then, followed now by ffmpeg's ``mfra``
+    trailer, is not fixed (review finding: it was, and the playlist lost it)."""
+    storage = _storage(worker_client, plain)
+    made = make_video(tmp_path / "src.mp4", 10.0, fragmented=True, seed=4)
+    data = made.read_bytes()
+    boxes = top_level_boxes(data)
+    moofs = [o for o, kind in boxes if kind == b"moof"]
+    (mfra,) = [o for o, kind in boxes if kind == b"mfra"]
+    first = next(o for o in moofs if o >= CHUNK)
+    (tmp_path / "cam.mp4").write_bytes(data)
+    _upload_fragmented(storage, "cam.mp4", "cam-44444444", data, [first, mfra])
+    found = _recovery(tmp_path, storage).find("cam.mp4", os.stat(tmp_path / "cam.mp4"))
+    assert found is not None and [c.end for c in found.chunks] == [first, mfra]
+    assert found.record.extra["layout"] == "fmp4" and "fixed_from" not in found.record.extra
+
+    # fragments too large: one of 16 s after 8 s of 1 s ones (tests/e2e/test_huge_fragments)
+    huge = make_video(tmp_path / "huge-src.mp4", 20.0, fragmented=True, gop=1000,
+                      keyframes_until=8.0, seed=5).read_bytes()
+    first = next(o for o, kind in top_level_boxes(huge) if kind == b"moof" and o >= CHUNK)
+    assert first + 2 * CHUNK < len(huge)
+    (tmp_path / "huge.mp4").write_bytes(huge)
+    _upload_fragmented(storage, "huge.mp4", "huge-55555555", huge,
+                       [first, first + CHUNK, first + 2 * CHUNK])
+    found = _recovery(tmp_path, storage).find("huge.mp4", os.stat(tmp_path / "huge.mp4"))
+    assert found is not None and len(found.chunks) == 3
+    assert found.record.extra["fixed_from"] == 1
 
 
 def test_a_lookup_s3_cannot_answer_waits_and_is_asked_again(
