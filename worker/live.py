@@ -22,6 +22,7 @@ moved into the assembled object instead.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from shared import metrics
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.state.records import ChunkRecord
+from worker.backoff import retry_delay
 from worker.fmp4 import (
     Movie,
     NotMP4,
@@ -56,6 +58,8 @@ class _Live:
     scan: tuple[int, int] = (0, 0)            # (chunk start, where the walk resumes)
     segments: dict[tuple[int, int, int, str], list[Segment]] = field(default_factory=dict)
     written: int = -1                         # chunks the last playlist PUT named
+    failures: int = 0                         # refused playlist PUTs in a row
+    retry_at: float = 0.0                     # monotonic: when a refused one is tried again
 
 
 class LivePlaylists:
@@ -139,6 +143,8 @@ class LivePlaylists:
         chunks = [c for c in stream.chunks if self._aligned(stream, c.index)]
         if live.written == len(chunks):   # fixed chunks after fixed_from add nothing
             return
+        if time.monotonic() < live.retry_at:
+            return
         try:
             with self.source.opened(stream.record) as (fd, _):
                 read = _reader(fd)
@@ -151,16 +157,21 @@ class LivePlaylists:
             self.log.warning("playlist_skipped", stream_id=stream.stream_id, reason=str(exc))
             live.written = len(chunks)
             return
-        live.written = len(chunks)
         try:
             size = self._put(stream, render(_chunk_uri(stream, 0), live.init_size, segments,
                                             ended=False))
         except StorageError as exc:
-            # never in the way of the chunks: tried again after the next one commits
+            # never in the way of the chunks: tried again on the S3 backoff schedule, so
+            # a player sees the chunks already up without waiting for the next one
             # (completion writes the final playlist, with the stream's own retries)
-            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
-                             error=exc.detail, kind=exc.kind.value)
+            live.failures += 1
+            live.retry_at = time.monotonic() + retry_delay(exc.kind, live.failures)
+            if live.failures <= 3 or live.failures % 10 == 0:
+                self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
+                                 error=exc.detail, kind=exc.kind.value,
+                                 attempt=live.failures)
             return
+        live.written, live.failures = len(chunks), 0
         self.log.info("playlist_written", stream_id=stream.stream_id, chunks=len(chunks),
                       segments=len(segments), bytes=size)
 

@@ -17,7 +17,7 @@ from tests.support.hls import (
     Playlist,
     check_ranges,
     decode,
-    parse_playlist,
+    fetch_playlist,
     play_with_ffmpeg,
     public_read,
     read_range,
@@ -35,14 +35,6 @@ FPS = 25
 GOP = 38  # frames: a keyframe, so a fragment, every 1.52 s
 
 
-def _playlist(client: Any, bucket: str, key: str) -> Playlist | None:
-    try:
-        text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    except client.exceptions.NoSuchKey:
-        return None
-    return parse_playlist(text, key)
-
-
 def test_a_live_recording_plays_from_s3_while_it_records(
         make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
     processor = make_processor(workers=1, stream_timeout=3.0, extra=["--no-keep-chunks"])
@@ -54,7 +46,7 @@ def test_a_live_recording_plays_from_s3_while_it_records(
         detected = processor.wait_for_event("stream_fragmented", timeout=60)[0]
         stream_id = detected["stream_id"]
         key = f"streams/{stream_id}/playlist.m3u8"
-        live = wait_until(lambda: (p := _playlist(client, bucket, key)) and
+        live = wait_until(lambda: (p := fetch_playlist(client, bucket, key)) and
                           len(p.segments) >= 4 and p, 60, "4 segments in the live playlist",
                           processor.tail)
         assert writer.poll() is None, "the recording ended before the checks began"
@@ -91,7 +83,7 @@ def test_a_live_recording_plays_from_s3_while_it_records(
             writer.kill()
     data = path.read_bytes()
     assert client.get_object(Bucket=bucket, Key=doc["object_key"])["Body"].read() == data
-    final = _playlist(client, bucket, key)
+    final = fetch_playlist(client, bucket, key)
     assert final is not None and final.ended and doc["playlist_key"] == key
     # the segments the player knew keep their place: same count so far, same durations
     assert [round(d, 6) for d, _ in final.segments[:len(live.segments)]] == \
@@ -162,7 +154,7 @@ def test_a_finished_fragmented_file_gets_an_endlist_playlist(
     doc = wait_for_metadata(client, bucket, "sub/clip 1.mp4", processor=processor)
     check_stream(client, bucket, doc, path.read_bytes())
     assert len(doc["chunks"]) >= 2
-    final = _playlist(client, bucket, doc["playlist_key"])
+    final = fetch_playlist(client, bucket, doc["playlist_key"])
     assert final is not None and final.ended
     check_ranges(client, bucket, final)
     assert abs(final.duration - doc["media_duration_seconds"]) <= 0.2
@@ -234,7 +226,7 @@ def test_a_reopened_stream_loses_endlist_and_grows_again(make_processor: Any, cl
     path = make_video(processor.watch_dir / "cam.mp4", 12.0, fragmented=True)
     doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
     key = doc["playlist_key"]
-    before = _playlist(client, bucket, key)
+    before = fetch_playlist(client, bucket, key)
     assert before is not None and before.ended
     data = path.read_bytes()
     boxes = [o for o, kind in top_level_boxes(data) if kind == b"moof"]
@@ -242,118 +234,12 @@ def test_a_reopened_stream_loses_endlist_and_grows_again(make_processor: Any, cl
     with open(path, "ab") as f:
         f.write(last)
     processor.wait_for_event("stream_reopened", timeout=60)
-    grown = wait_until(lambda: (p := _playlist(client, bucket, key)) and not p.ended and p,
+    grown = wait_until(lambda: (p := fetch_playlist(client, bucket, key)) and not p.ended and p,
                        30, "the reopened stream's live playlist, without ENDLIST",
                        processor.tail)
     assert grown.segments
     doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor,
                             predicate=lambda d: d["reopen_count"] == 1)
-    after = _playlist(client, bucket, key)
+    after = fetch_playlist(client, bucket, key)
     assert after is not None and after.ended and after.duration > before.duration
     check_ranges(client, bucket, after)
-
-
-def test_a_failing_playlist_put_never_holds_back_the_chunks(
-        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
-    """Every live playlist PUT fails (500) while the file records: its chunks go
-    up all the same (``playlist_write_failed`` is logged), and once the refusals end the
-    completion writes the final playlist."""
-    from tests.support.proxy import Faults
-
-    proxy.set_faults(Faults(error_share=1.0, error_status=500,
-                            match=lambda h: h.method == "PUT" and
-                            h.path.endswith("playlist.m3u8")))
-    processor = make_processor(workers=1, stream_timeout=3.0)
-    processor.start()
-    path = processor.watch_dir / "cam.mp4"
-    writer = start_live_writer(path, 14.0, bitrate_mbps=12.0)
-    try:
-        processor.wait_for_event("playlist_write_failed", timeout=60)
-        processor.wait_for_event("chunk_uploaded", count=2, timeout=60)
-        _, err = writer.communicate(timeout=60)
-        assert writer.returncode == 0, err
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-    proxy.clear_faults()
-    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor, timeout=120)
-    check_stream(client, bucket, doc, path.read_bytes())
-    final = _playlist(client, bucket, doc["playlist_key"])
-    assert final is not None and final.ended
-
-
-def test_a_file_deleted_while_recording_keeps_a_playlist_that_ends(
-        make_processor: Any, client: Any, bucket: str) -> None:
-    """The file is deleted before completion (``source_deleted``): there are no final
-    bytes, so the last live playlist is moved into the assembled object, range for
-    range, with ENDLIST, and plays with the chunks deleted (``--no-keep-chunks``)."""
-    processor = make_processor(workers=1, stream_timeout=60.0, extra=["--no-keep-chunks"])
-    processor.start()
-    path = make_video(processor.watch_dir / "cam.mp4", 12.0, fragmented=True, audio=True)
-    moofs = [o for o, kind in top_level_boxes(path.read_bytes()) if kind == b"moof"]
-    full, start = 0, 0   # the chunks uploaded before completion: each ends on a moof
-    while (end := next((o for o in moofs if o >= start + (5 << 20)), None)) is not None:
-        full, start = full + 1, end
-    assert full >= 2
-    (written,) = processor.wait_for_event("playlist_written",
-                                          lambda e: e["chunks"] == full, timeout=60)
-    live = _playlist(client, bucket, f"{_prefix(written)}/playlist.m3u8")
-    assert live is not None and len(live.segments) == written["segments"]
-    path.unlink()
-    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
-    assert doc["status"] == "source_deleted"
-    final = _playlist(client, bucket, doc["playlist_key"])
-    assert final is not None and final.ended and not live.ended
-    offsets = {c["key"]: c["offset"] for c in doc["chunks"]}
-    # the same segments, in the same order, moved to their places in the object
-    assert [(d, r.size) for d, r in final.segments][:len(live.segments)] == \
-        [(d, r.size) for d, r in live.segments]
-    assert [r.offset for _, r in final.segments][:len(live.segments)] == \
-        [offsets[r.key] + r.offset for _, r in live.segments]
-    assert {r.key for _, r in [(0.0, final.init), *final.segments]} == {doc["object_key"]}
-    assert not list_keys(client, bucket, f"{_prefix(written)}/chunks/")   # deleted
-    check_ranges(client, bucket, final)
-    init = read_range(client, bucket, final.init)
-    for _, r in final.segments:
-        assert decode(init, read_range(client, bucket, r))[0] > 0
-
-
-def _prefix(event: dict[str, Any]) -> str:
-    return f"streams/{event['stream_id']}"
-
-
-def test_an_ended_reopened_stream_trims_the_earlier_final_playlist(
-        make_processor: Any, client: Any, bucket: str, proxy: RecordingProxy) -> None:
-    """Completed, grown (the reopen drops the short last chunk), its live playlist PUT
-    refused, then deleted: what S3 holds is the first completion's final playlist, whose
-    last segments lie in the dropped chunk. The ended playlist keeps only the segments
-    the kept chunks hold, so every range lies inside the object assembled from them."""
-    from tests.support.proxy import Faults
-
-    processor = make_processor(workers=1, stream_timeout=3.0)
-    processor.start()
-    path = make_video(processor.watch_dir / "cam.mp4", 10.0, fragmented=True)
-    first = wait_for_metadata(client, bucket, "cam.mp4", processor=processor)
-    assert first["chunks"][-1]["size"] < first["chunk_size"]   # a short last chunk
-    earlier = _playlist(client, bucket, first["playlist_key"])
-    assert earlier is not None and earlier.ended
-    proxy.set_faults(Faults(error_share=1.0, error_status=503,
-                            match=lambda h: h.method == "PUT" and
-                            h.path.endswith("playlist.m3u8")))
-    data = path.read_bytes()
-    last = [o for o, kind in top_level_boxes(data) if kind == b"moof"][-1]
-    with open(path, "ab") as f:
-        f.write(data[last:])
-    processor.wait_for_event("playlist_write_failed", timeout=60)
-    path.unlink()
-    proxy.clear_faults()
-    doc = wait_for_metadata(client, bucket, "cam.mp4", processor=processor,
-                            predicate=lambda d: d["status"] == "source_deleted")
-    assert doc["total_size_bytes"] < first["total_size_bytes"]
-    final = _playlist(client, bucket, doc["playlist_key"])
-    assert final is not None and final.ended and final.segments
-    check_ranges(client, bucket, final)
-    # the earlier segments the kept chunks hold, in their places; none past them
-    kept = doc["total_size_bytes"]
-    assert final.segments == [(d, r) for d, r in earlier.segments if r.offset + r.size <= kept]
-    assert len(final.segments) < len(earlier.segments)

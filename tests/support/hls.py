@@ -15,8 +15,8 @@ from urllib.parse import unquote
 
 from tests.support.videos import ffmpeg_exe
 
-__all__ = ["Playlist", "parse_playlist", "read_range", "check_ranges", "decode", "play_with_ffmpeg",
-           "public_read"]
+__all__ = ["Playlist", "parse_playlist", "fetch_playlist", "read_range", "check_ranges", "decode",
+           "play_with_ffmpeg", "public_read"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,15 @@ def parse_playlist(text: str, key: str) -> Playlist:
             duration = byterange = None
     assert init is not None, "no #EXT-X-MAP"
     return Playlist(text, version, target, kind, init, segments, ended)
+
+
+def fetch_playlist(client: Any, bucket: str, key: str) -> Playlist | None:
+    """The playlist at ``key``, parsed; None while there is none."""
+    try:
+        text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except client.exceptions.NoSuchKey:
+        return None
+    return parse_playlist(text, key)
 
 
 def read_range(client: Any, bucket: str, r: Range) -> bytes:
