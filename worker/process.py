@@ -28,7 +28,6 @@ from shared.messages import (
     EXIT_OK,
     EXIT_STATE_UNAVAILABLE,
     EXIT_STATE_WRITE_FAILED,
-    MAX_REPORTED_STREAMS,
     Heartbeat,
     Remove,
     Stop,
@@ -38,12 +37,12 @@ from shared.settings import Settings
 from shared.state.errors import StateWriteError, is_disk_full
 from shared.state.layout import StateDir
 from shared.uplink import Uplink
+from worker import report
 from worker.liveness import Draining, Liveness
 
 __all__ = ["main", "Worker"]
 
 HEARTBEAT_EVERY = 1.0
-MAX_REPORTED_REMOVABLE = 50  # per heartbeat: --min-free asks for the oldest first
 
 
 class Worker:
@@ -124,16 +123,7 @@ class Worker:
         """Between two streams: a fresh progress report, at most once a second."""
         if force or time.monotonic() - self._last_heartbeat >= HEARTBEAT_EVERY:
             if self.tracker is not None:
-                metrics.ACTIVE_STREAMS.set(self.tracker.active_count())
-                metrics.LAG_BYTES.set(self.tracker.lag_bytes())
-                metrics.BACKLOG_BYTES.set(self.tracker.backlog_bytes())
-                metrics.OLDEST_STREAM_AGE.set(self.tracker.oldest_age())
-                self._report = Heartbeat(
-                    self.tracker.active_count(),
-                    streams=self.tracker.progress(MAX_REPORTED_STREAMS),
-                    completions=tuple(self.tracker.completions),
-                    removable=self.tracker.retention.removable(MAX_REPORTED_REMOVABLE),
-                    removals=tuple(self.tracker.retention.removals))
+                self._report = report.heartbeat(self.tracker)
             self._send(self._report)
 
     def notify(self) -> None:
@@ -182,7 +172,8 @@ class Worker:
         # in the collector before, 0.8% after)
         gc.freeze()
         threading.Thread(target=self._read_commands, name="mailbox", daemon=True).start()
-        self.log.info("worker_started", slot=self.slot, resumed_streams=self.tracker.active_count(),
+        self.log.info("worker_started", slot=self.slot,
+                      resumed_streams=len(report.unfinished(self.tracker)),
                       pending_intents=pending, state_new=store.fresh)
         self.heartbeat(force=True)
         code = EXIT_OK

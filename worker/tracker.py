@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import metrics
 from shared.keys import MAX_KEY_BYTES, StreamKeys, new_stream_id
-from shared.messages import Completion, StreamProgress
+from shared.messages import Completion
 from shared.paths import lstat_beneath
 from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
@@ -100,39 +100,11 @@ class StreamTracker:
     def touch(self, rel_path: str) -> None:
         self.touched.add(rel_path)
 
-    # what the heartbeat reports
-    def _unfinished(self) -> list[Stream]:
-        return [s for s in self.streams.values() if s.state.unfinished]
-
-    def active_count(self) -> int:
-        return len(self._unfinished())
-
-    def progress(self, limit: int) -> tuple[StreamProgress, ...]:
-        """What every unfinished stream is doing, oldest first (for ``/streams``)."""
-        now = self.clock()
-        found = [s.progress(now, self.settings.stream_timeout) for s in self._unfinished()]
-        found.sort(key=lambda p: p.started_at)
-        return tuple(found[:limit])
-
-    def lag_bytes(self) -> int:
-        """Bytes on disk not yet uploaded, over all streams still recording."""
-        return sum(s.pending_bytes for s in self.streams.values()
-                   if s.state is StreamState.RECORDING)
-
-    def backlog_bytes(self) -> int:
-        """Of those, the bytes of streams that are not live (backlog)."""
-        return sum(s.pending_bytes for s in self.streams.values()
-                   if s.state is StreamState.RECORDING and not self.order.is_live(s))
-
-    def oldest_age(self) -> float:
-        started = [s.record.started_at for s in self._unfinished()]
-        return max(0.0, wall_now() - min(started)) if started else 0.0
-
+    # the loop (what it reports each second: worker/report.py)
     def idle_wait(self) -> float:
         """How long the loop may sleep when nothing was done."""
         return max(0.05, min(0.5, self.settings.stream_timeout / 4))
 
-    # the loop's unit
     def step(self, between: Callable[[], None] = lambda: None) -> bool:
         """Look at touched paths, then give every due stream one unit of work, calling
         ``between`` after each (the loop's heartbeat and stop check)."""

@@ -13,6 +13,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from tests.worker.inprocess import InProcessWorkers, run_until
+from worker import report
 
 CHUNK = 5 << 20
 
@@ -55,9 +56,10 @@ def test_a_live_chunk_goes_while_a_backlog_body_is_held_and_both_finish(
 
         run_until(tracker, lambda: uploaded(logs, ids().get("camera.mp4", "")) == [0])
         assert uploaded(logs, ids()["old.mp4"]) == []  # still held: the live chunk went first
-        progress = {p.rel_path: p.priority for p in tracker.progress(10)}
+        progress = {p.rel_path: p.priority for p in report.progress(tracker, 10)}
         assert progress == {"old.mp4": "backlog", "camera.mp4": "live"}
-        assert tracker.backlog_bytes() == 2 * CHUNK and tracker.lag_bytes() == 2 * CHUNK + 1000
+        assert report.backlog_bytes(tracker) == 2 * CHUNK
+        assert report.lag_bytes(tracker) == 2 * CHUNK + 1000
         release.set()
         run_until(tracker, lambda: sum(e["event"] == "stream_completed" for e in logs) == 2)
     names = ids()
