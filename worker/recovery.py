@@ -192,7 +192,7 @@ class BucketRecovery:
                 verified = verified[:-1]  # a short tail: uploaded again, fuller, at its key
             if not verified:
                 return None
-            layout |= _fixed_from(fd, verified, layout, chunk_size)
+            layout |= _fixed_from(fd, verified, layout)
         now = time.time()
         record = StreamRecord(
             stream_id=keys.stream_id, rel_path=rel_path, dev=st.st_dev, ino=st.st_ino,
@@ -225,7 +225,7 @@ class BucketRecovery:
                     return None
                 self.pulse()
             after = os.fstat(fd)
-            layout |= _fixed_from(fd, chunks, layout, chunk_size)
+            layout |= _fixed_from(fd, chunks, layout)
         now = time.time()
         unchanged = after.st_size == total and after.st_ctime_ns == before
         record = StreamRecord(
@@ -259,25 +259,26 @@ def _layout(chunk_keys: Iterable[str]) -> dict[str, Any]:
     return {"layout": "fmp4"} if any(k.endswith(FRAGMENT_SUFFIX) for k in chunk_keys) else {}
 
 
-def _fixed_from(fd: int, chunks: list[ChunkRecord], layout: dict[str, Any],
-                chunk_size: int) -> dict[str, int]:
+def _fixed_from(fd: int, chunks: list[ChunkRecord], layout: dict[str, Any]) -> dict[str, int]:
     """Where an ``fmp4`` stream's chunks stopped ending on fragments (fragments too
     large for a chunk, worker/live.py): the first chunk from whose start the boundary
     walk finds no fragment boundary in time, as it found none when the chunk was cut.
     Only a chunk that ends neither where a ``moof`` begins nor at the end of the file
     is walked (a tail cut at the end of the file then, followed now by an ``mfra``, is
-    not fixed). The record must say where the fixed chunks start, or the live playlist
-    would walk them as fragments and stop for good."""
+    not fixed), with its own size as the chunk size: the first fixed chunk is exactly
+    the size the stream had then, whatever ``--chunk-size`` says now. The record must
+    say where the fixed chunks start, or the live playlist would walk them as
+    fragments and stop for good."""
     if not layout:
         return {}
     size = os.fstat(fd).st_size
     read = lambda offset, length: os.pread(fd, length, offset)  # noqa: E731
-    limit = min(2 * chunk_size, 5 * 1024**3)   # Stream.largest_chunk of an fmp4 stream
     for chunk in chunks:
         if chunk.end >= size or read(chunk.end, 8)[4:8] == b"moof":
             continue
+        limit = min(2 * chunk.size, 5 * 1024**3)   # Stream.largest_chunk, for that size
         try:
-            next_boundary(read, chunk.offset, chunk.offset, size, chunk_size, limit)
+            next_boundary(read, chunk.offset, chunk.offset, size, chunk.size, limit)
         except NotMP4:
             return {"fixed_from": chunk.index}
     return {}

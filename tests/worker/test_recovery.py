@@ -127,6 +127,22 @@ def test_where_fixed_chunks_start_is_found_from_the_files_boxes(
     assert found is not None and len(found.chunks) == 3
     assert found.record.extra["fixed_from"] == 1
 
+    # cut with 8 MiB chunks, recovered with --chunk-size 5 MiB: from the first fixed
+    # chunk's start a moof lies between 5 and 8 MiB, so the walk must use the size the
+    # chunk was cut with (review finding: it took the setting, and chunk 2)
+    cut = 8 << 20
+    later = make_video(tmp_path / "later-src.mp4", 24.0, fragmented=True, gop=1000,
+                       keyframes_until=12.0, seed=6).read_bytes()
+    moofs = [o for o, kind in top_level_boxes(later) if kind == b"moof"]
+    first = next(o for o in moofs if o >= cut)
+    assert [o for o in moofs if first + CHUNK <= o < first + cut] and first + 2 * cut < len(later)
+    (tmp_path / "later.mp4").write_bytes(later)
+    _upload_fragmented(storage, "later.mp4", "later-66666666", later,
+                       [first, first + cut, first + 2 * cut])
+    found = _recovery(tmp_path, storage).find("later.mp4", os.stat(tmp_path / "later.mp4"))
+    assert found is not None and len(found.chunks) == 3
+    assert found.record.extra["fixed_from"] == 1
+
 
 def test_a_lookup_s3_cannot_answer_waits_and_is_asked_again(
         tmp_path: Path, worker_client: Any, plain: Any) -> None:
