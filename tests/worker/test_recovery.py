@@ -118,30 +118,32 @@ def test_where_fixed_chunks_start_is_found_from_the_files_boxes(
     # fragments too large: one of 16 s after 8 s of 1 s ones (tests/e2e/test_huge_fragments)
     huge = make_video(tmp_path / "huge-src.mp4", 20.0, fragmented=True, gop=1000,
                       keyframes_until=8.0, seed=5).read_bytes()
-    first = next(o for o, kind in top_level_boxes(huge) if kind == b"moof" and o >= CHUNK)
-    assert first + 2 * CHUNK < len(huge)
-    (tmp_path / "huge.mp4").write_bytes(huge)
-    _upload_fragmented(storage, "huge.mp4", "huge-55555555", huge,
-                       [first, first + CHUNK, first + 2 * CHUNK])
-    found = _recovery(tmp_path, storage).find("huge.mp4", os.stat(tmp_path / "huge.mp4"))
-    assert found is not None and len(found.chunks) == 3
-    assert found.record.extra["fixed_from"] == 1
+    assert _fixed_chunks_found(tmp_path, storage, "huge", huge, CHUNK) == 1
 
     # cut with 8 MiB chunks, recovered with --chunk-size 5 MiB: from the first fixed
     # chunk's start a moof lies between 5 and 8 MiB, so the walk must use the size the
     # chunk was cut with (review finding: it took the setting, and chunk 2)
-    cut = 8 << 20
     later = make_video(tmp_path / "later-src.mp4", 24.0, fragmented=True, gop=1000,
                        keyframes_until=12.0, seed=6).read_bytes()
-    moofs = [o for o, kind in top_level_boxes(later) if kind == b"moof"]
-    first = next(o for o in moofs if o >= cut)
-    assert [o for o in moofs if first + CHUNK <= o < first + cut] and first + 2 * cut < len(later)
-    (tmp_path / "later.mp4").write_bytes(later)
-    _upload_fragmented(storage, "later.mp4", "later-66666666", later,
+    first = next(o for o, kind in top_level_boxes(later) if kind == b"moof" and o >= 8 << 20)
+    assert [o for o, kind in top_level_boxes(later)
+            if kind == b"moof" and first + CHUNK <= o < first + (8 << 20)]
+    assert _fixed_chunks_found(tmp_path, storage, "later", later, 8 << 20) == 1
+
+
+def _fixed_chunks_found(tmp_path: Path, storage: Storage, name: str, data: bytes,
+                        cut: int) -> int:
+    """``data`` as ``name.mp4``, cut as live.py cuts fragments too large for a chunk of
+    ``cut`` bytes (one aligned chunk, then two fixed ones), then recovered: its
+    ``fixed_from``."""
+    first = next(o for o, kind in top_level_boxes(data) if kind == b"moof" and o >= cut)
+    assert first + 2 * cut < len(data)
+    (tmp_path / f"{name}.mp4").write_bytes(data)
+    _upload_fragmented(storage, f"{name}.mp4", f"{name}-55555555", data,
                        [first, first + cut, first + 2 * cut])
-    found = _recovery(tmp_path, storage).find("later.mp4", os.stat(tmp_path / "later.mp4"))
+    found = _recovery(tmp_path, storage).find(f"{name}.mp4", os.stat(tmp_path / f"{name}.mp4"))
     assert found is not None and len(found.chunks) == 3
-    assert found.record.extra["fixed_from"] == 1
+    return int(found.record.extra["fixed_from"])
 
 
 def test_a_lookup_s3_cannot_answer_waits_and_is_asked_again(
