@@ -192,9 +192,11 @@ class ThrottledBody:
     Only reads for the wire pay: over plain http, SigV4 reads the whole body to hash it
     before the request is sent. ``metered`` is switched off before signing and on just
     before sending, by botocore's ``before-sign`` and ``before-send`` events
-    (``worker.storage`` registers them)."""
+    (``worker.storage`` registers them). With no ``uplink`` nothing is paid: it is then
+    how a chunk read into part of a reused buffer (a ``memoryview``, which botocore
+    takes for no body) is sent without a copy."""
 
-    def __init__(self, data: bytes | bytearray, uplink: Uplink, live: bool,
+    def __init__(self, data: bytes | bytearray | memoryview, uplink: Uplink | None, live: bool,
                  stopping: Callable[[], bool] = lambda: False,
                  notify: Callable[[], None] | None = None) -> None:
         self._view = memoryview(data)
@@ -213,7 +215,7 @@ class ThrottledBody:
     def read(self, size: int = -1) -> memoryview:
         length = len(self._view)
         end = length if size is None or size < 0 else min(length, self._position + size)
-        if self.metered:
+        if self.metered and self._uplink is not None:
             if self._position >= self._paid:  # nothing paid ahead: pay for one piece
                 self._paid = self._position
                 piece = min(self._uplink.piece(), length - self._paid)
@@ -235,5 +237,5 @@ class ThrottledBody:
         return self._position
 
     def close(self) -> None:
-        if self._live:
+        if self._live and self._uplink is not None:
             self._uplink.live_done()

@@ -42,7 +42,7 @@ class UploadLost(StorageError):
         super().__init__(operation, kind, detail, cause)
 
 
-def _crc32c_b64(data: bytes | bytearray) -> str:
+def _crc32c_b64(data: bytes | bytearray | memoryview) -> str:
     """The CRC32C S3 expects in ``x-amz-checksum-crc32c``: hardware-accelerated (SSE4.2)
     in the crc32c package, 0.05 CPU-s per GiB here against 0.25 for zlib's CRC32."""
     return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
@@ -112,13 +112,14 @@ class Storage:
         except Exception as exc:
             raise StorageError("create_bucket", classify(exc), describe(exc)) from exc
 
-    def put_chunk(self, key: str, data: bytes | bytearray, xxh3_128: str,
+    def put_chunk(self, key: str, data: bytes | bytearray | memoryview, xxh3_128: str,
                   live: bool = True) -> None:
         """PUT a chunk body; under ``--bwlimit`` it is paid for as it is sent, with
         ``live`` chunks before backlog ones across all workers."""
         checksum = _crc32c_b64(data)
         if self.uplink is None:
-            self._call("put_chunk", self.client.put_object, Key=key, Body=data,
+            body = ThrottledBody(data, None, live) if isinstance(data, memoryview) else data
+            self._call("put_chunk", self.client.put_object, Key=key, Body=body,
                        ChecksumCRC32C=checksum, Metadata={XXH_META: xxh3_128},
                        **self.policy.write())
             return

@@ -33,7 +33,7 @@ class PreparedChunk:
     """A chunk read and its intent logged, ready to be sent."""
 
     span: ChunkSpan
-    data: bytes | bytearray
+    data: bytes | bytearray | memoryview   # valid until its source reads again
     digest: str
     key: str
     proof: FileState | None  # the settled-file proof, judged when the read began

@@ -14,6 +14,7 @@ a hang or a duplicate upload far from its cause.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,19 @@ def test_no_put_waits_for_100_continue(s3: S3Endpoint, proxy: RecordingProxy) ->
         ["000000", "playlist.m3u8", "metadata.json"]
     assert not [r for r in puts if "expect" in r.headers]
     assert s3.client().get_object(Bucket=name, Key="e/chunks/000000")["Body"].read() == chunk
+
+
+def test_a_chunk_read_into_part_of_a_buffer_lands_whole(bucket: Bucket) -> None:
+    """A fragment-aligned chunk is a memoryview of the front of the worker's reused
+    buffer (worker/source.py), which botocore takes for no body: it is sent through a
+    file-like view, and S3 holds exactly its bytes, with their checksum accepted."""
+    buffer = bytearray(os.urandom(3 * PART))
+    view = memoryview(buffer)[:PART + 12345]
+    bucket.storage.put_chunk("s/mv/chunks/000000.m4s", view, xxhash.xxh3_128_hexdigest(view))
+    got = bucket.client.get_object(Bucket=bucket.storage.bucket, Key="s/mv/chunks/000000.m4s")
+    assert got["Body"].read() == bytes(view)
+    assert bucket.storage.chunk_hash("s/mv/chunks/000000.m4s") == \
+        (len(view), xxhash.xxh3_128_hexdigest(view))
 
 
 def test_ensure_bucket_creates_a_missing_bucket(plain: Any, worker_client: Any) -> None:
