@@ -74,8 +74,9 @@ class SourceFiles:
         half a chunk is on disk): bytearray() zeroes it, so its 2,560 page faults (10–66
         ms on a loaded VM) land while the chunk is still being written, not between its
         last byte and its upload. Files under half a chunk never allocate it. It only
-        grows: a chunk that ends on a fragment (worker/live.py) is a little longer or
-        shorter each time, and is read into the front of it."""
+        grows: a chunk that ends on a fragment (worker/live.py) runs past ``chunk_size``
+        by part of a fragment, a different part each time, and a tail is shorter; each
+        is read into its front (the tracker reserves a quarter more for them)."""
         if len(self._buffer) < size:
             self._buffer = bytearray(size)
 

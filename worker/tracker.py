@@ -216,8 +216,10 @@ class StreamTracker:
                           index=len(stream.chunks) - 1, size=stream.chunks[-1].size)
             stream.drop_tail()
         if stream.pending_bytes >= stream.record.chunk_size // 2 and self.order.is_live(stream):
-            # half a chunk on disk: allocate the buffer now, not after the chunk's last byte
-            self.source.reserve_chunk_buffer(stream.record.chunk_size)
+            # half a chunk on disk: allocate the buffer now, not after the chunk's last
+            # byte (a chunk that ends on a fragment runs past chunk_size by part of one)
+            size = stream.record.chunk_size
+            self.source.reserve_chunk_buffer(size + size // 4 if stream.fragmented else size)
         playlists = self.playlists
         if playlists is not None:
             playlists.refresh(stream)  # after the chunks committed since the last step
