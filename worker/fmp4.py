@@ -17,11 +17,13 @@ touch only headers, and stop cleanly where the writer has got to.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Box", "Movie", "Fragment", "NotMP4", "read_box", "classify", "read_movie",
+__all__ = ["Box", "Movie", "Fragment", "NotMP4", "file_reader", "read_box", "classify",
+           "read_movie",
            "next_boundary", "fragments_in", "parse_movie", "payload"]
 
 ReadAt = Callable[[int, int], bytes]
@@ -44,6 +46,11 @@ class Box:
     @property
     def end(self) -> int | None:
         return None if self.size is None else self.offset + self.size
+
+
+def file_reader(fd: int) -> ReadAt:
+    """``read_at`` over an open file: ``os.pread``, so walks never move its offset."""
+    return lambda offset, size: os.pread(fd, size, offset)
 
 
 def read_box(read_at: ReadAt, offset: int, file_size: int) -> Box | None:

@@ -21,7 +21,6 @@ moved into the assembled object instead.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from worker.fmp4 import (
     Movie,
     NotMP4,
     classify,
+    file_reader,
     fragments_in,
     next_boundary,
     read_movie,
@@ -107,7 +107,7 @@ class LivePlaylists:
         if layout is not None or stream.chunks or not self.enabled:
             return layout or "fixed"
         with self.source.opened(stream.record) as (fd, _):
-            decided, first = classify(_reader(fd), stream.record.size)
+            decided, first = classify(file_reader(fd), stream.record.size)
         if decided is None and not final:
             return None
         stream.set_layout(decided or "fixed")
@@ -123,7 +123,7 @@ class LivePlaylists:
         resume = live.scan[1] if live.scan[0] == start else start
         try:
             with self.source.opened(stream.record) as (fd, _):
-                boundary, resume = next_boundary(_reader(fd), start, resume, size,
+                boundary, resume = next_boundary(file_reader(fd), start, resume, size,
                                                  stream.record.chunk_size,
                                                  stream.largest_chunk)
         except NotMP4 as exc:
@@ -147,7 +147,7 @@ class LivePlaylists:
             return
         try:
             with self.source.opened(stream.record) as (fd, _):
-                read = _reader(fd)
+                read = file_reader(fd)
                 if live.movie is None:
                     self._read_movie(live, read, stream.record.size)
                 assert live.movie is not None
@@ -185,13 +185,13 @@ class LivePlaylists:
         size = stream.record.size
         try:
             with self.source.opened(stream.record) as (fd, _):
-                read = _reader(fd)
+                read = file_reader(fd)
                 self._read_movie(live, read, size)
                 assert live.movie is not None
                 # the live playlist's segments, in the same places (a player following
                 # it keeps its position), read again from the final bytes and named in
                 # the assembled object when there is one
-                final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
+                final = _object_uri(object_key)
                 init_uri = final or _chunk_uri(stream, 0)
                 segments = [s for c in stream.chunks if self._aligned(stream, c.index)
                             for s in self._chunk_segments(live, read, stream, c, final)]
@@ -203,16 +203,10 @@ class LivePlaylists:
                              reason=str(exc))
             self._live.pop(stream.stream_id, None)
             return None
-        try:
-            self._put(stream, render(init_uri, live.init_size, segments, ended=True))
-        except StorageError as exc:
-            if exc.kind is not ErrorKind.PERMANENT:
-                raise   # completion is retried, with the stream's backoff
-            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
-                             error=exc.detail, kind=exc.kind.value)
-            return None   # refused for good: the stream completes without it
-        self._live.pop(stream.stream_id, None)
-        return stream.keys.playlist
+        key = self._put_final(stream, render(init_uri, live.init_size, segments, ended=True))
+        if key is not None:
+            self._live.pop(stream.stream_id, None)
+        return key
 
     def end(self, stream: Stream, object_key: str | None) -> str | None:
         """A stream that ended early (its file deleted or replaced while recording):
@@ -234,7 +228,7 @@ class LivePlaylists:
             self.log.warning("playlist_skipped", stream_id=stream.stream_id,
                              reason=f"the live playlist cannot be read back: {exc}")
             return None
-        final = object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
+        final = _object_uri(object_key)
         first = _chunk_uri(stream, 0)
         if init_uri not in (final, first) or init_size > stream.chunks[0].size:
             return None   # none written (or not this stream's): nothing to end
@@ -246,15 +240,7 @@ class LivePlaylists:
             if moved is None:
                 break
             segments.append(moved)
-        try:
-            self._put(stream, render(final or first, init_size, segments, ended=True))
-        except StorageError as exc:
-            if exc.kind is not ErrorKind.PERMANENT:
-                raise   # completion is retried, with the stream's backoff
-            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
-                             error=exc.detail, kind=exc.kind.value)
-            return None
-        return stream.keys.playlist
+        return self._put_final(stream, render(final or first, init_size, segments, ended=True))
 
     def forget(self, stream_id: str) -> None:
         self._live.pop(stream_id, None)
@@ -279,6 +265,20 @@ class LivePlaylists:
         return [Segment(final, s.offset + chunk.offset, s.size, s.duration)
                 for s in live.segments[key]]
 
+    def _put_final(self, stream: Stream, text: str) -> str | None:
+        """The ``ENDLIST`` playlist PUT at completion: its key; None when S3 refuses it
+        for good, and the stream completes without it. Anything else is raised: the
+        completion is retried, with the stream's backoff."""
+        try:
+            self._put(stream, text)
+        except StorageError as exc:
+            if exc.kind is not ErrorKind.PERMANENT:
+                raise
+            self.log.warning("playlist_write_failed", stream_id=stream.stream_id,
+                             error=exc.detail, kind=exc.kind.value)
+            return None
+        return stream.keys.playlist
+
     def _put(self, stream: Stream, text: str) -> int:
         body = text.encode()
         self.storage.put_playlist(stream.keys.playlist, body)
@@ -287,13 +287,14 @@ class LivePlaylists:
         return len(body)
 
 
-def _reader(fd: int) -> Any:
-    return lambda offset, size: os.pread(fd, size, offset)
-
-
 def _chunk_uri(stream: Stream, index: int) -> str:
     """Chunk ``index``'s key relative to the playlist (both live under ``P``)."""
     return "chunks/" + object_uri(stream.keys.chunk(index).rsplit("/", 1)[1])
+
+
+def _object_uri(object_key: str | None) -> str | None:
+    """The assembled object's key relative to the playlist (both under ``P``), if any."""
+    return object_uri(object_key.rsplit("/", 1)[1]) if object_key else None
 
 
 def _moved(segment: Segment, final: str | None, aligned: dict[str, ChunkRecord],

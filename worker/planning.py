@@ -46,6 +46,13 @@ def completion_spans(index: int, offset: int, file_size: int,
     return spans
 
 
+def aligned_chunk_limit(chunk_size: int) -> int:
+    """The most bytes a chunk that ends on a fragment (worker/live.py) may hold: twice
+    ``chunk_size``, and never past S3's 5 GiB PUT. No fragment boundary that far in
+    makes the rest of the stream fixed-size."""
+    return min(2 * chunk_size, 5 * 1024**3)
+
+
 def chunks_kept_on_reopen(chunk_sizes: list[int], chunk_size: int) -> int:
     """How many committed chunks survive when a completed file grows again: all but a
     short last one, which is replaced by a fuller chunk at the same key."""

@@ -37,7 +37,8 @@ from shared.s3 import ErrorKind, StorageError
 from shared.settings import Settings
 from shared.state.records import ChunkRecord, StreamRecord, StreamStatus
 from worker.backoff import retry_delay
-from worker.fmp4 import NotMP4, next_boundary
+from worker.fmp4 import NotMP4, file_reader, next_boundary
+from worker.planning import aligned_chunk_limit
 from worker.source import SourceChanged, SourceError, SourceFiles
 from worker.storage import Storage
 
@@ -272,13 +273,13 @@ def _fixed_from(fd: int, chunks: list[ChunkRecord], layout: dict[str, Any]) -> d
     if not layout:
         return {}
     size = os.fstat(fd).st_size
-    read = lambda offset, length: os.pread(fd, length, offset)  # noqa: E731
+    read = file_reader(fd)
     for chunk in chunks:
         if chunk.end >= size or read(chunk.end, 8)[4:8] == b"moof":
             continue
-        limit = min(2 * chunk.size, 5 * 1024**3)   # Stream.largest_chunk, for that size
         try:
-            next_boundary(read, chunk.offset, chunk.offset, size, chunk.size, limit)
+            next_boundary(read, chunk.offset, chunk.offset, size, chunk.size,
+                          aligned_chunk_limit(chunk.size))
         except NotMP4:
             return {"fixed_from": chunk.index}
     return {}

@@ -24,7 +24,13 @@ from shared.keys import FRAGMENT_SUFFIX, StreamKeys
 from shared.messages import StreamProgress
 from shared.state.records import ChunkRecord, GroupRecord, StreamRecord, StreamStatus
 from shared.state.store import CheckpointStore
-from worker.planning import ChunkSpan, chunks_kept_on_reopen, completion_spans, next_full_chunk
+from worker.planning import (
+    ChunkSpan,
+    aligned_chunk_limit,
+    chunks_kept_on_reopen,
+    completion_spans,
+    next_full_chunk,
+)
 from worker.settled import FileState
 
 __all__ = ["Stream", "StreamState", "keys_of"]
@@ -130,7 +136,7 @@ class Stream:
         """The most bytes one chunk may hold: ``chunk_size``, or for chunks that end on
         fragments (worker/live.py) up to twice that, and never past S3's 5 GiB PUT."""
         size = self.record.chunk_size
-        return min(2 * size, 5 * 1024**3) if self.fragmented else size
+        return aligned_chunk_limit(size) if self.fragmented else size
 
     @property
     def committed_bytes(self) -> int:
